@@ -1,0 +1,115 @@
+"""Loading the frozen CLIP model (open_clip) with an explicit weights identity.
+
+`pretrained` is one of:
+- ``"openai"``: open_clip's tag for OpenAI's weights (QuickGELU activations);
+- a path to a local checkpoint file (open_clip state dict or OpenAI's archive);
+- ``"none"``: random initialisation, allowed only when asked for explicitly, and recorded.
+
+The identity string returned with the model is written into every store, checkpoint and metrics
+file, so an output made with random weights always says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+
+_CONFIG_DIR = Path(__file__).parent / "resources" / "model_configs"
+open_clip.add_model_config(_CONFIG_DIR)
+
+PRETRAINED_KEY = "clip.pretrained"
+
+
+class ClipWeightsError(RuntimeError):
+    """The configured CLIP weights cannot be had."""
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """What the config says about CLIP."""
+
+    model: str = "ViT-B-16"
+    pretrained: str = "openai"
+    seed: int = 0  # used for random initialisation only
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> ClipSpec:
+        return cls(
+            model=str(cfg.get("model", "ViT-B-16")),
+            pretrained=str(cfg.get("pretrained", "openai")),
+            seed=int(cfg.get("seed", 0)),
+        )
+
+    @property
+    def random_init(self) -> bool:
+        return self.pretrained.lower() == "none"
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def weights_identity(spec: ClipSpec) -> str:
+    """A string that names the weights: tag, checkpoint sha256, or random init with its seed."""
+    if spec.random_init:
+        return f"random-init:seed={spec.seed}"
+    if spec.pretrained == "openai":
+        return "open_clip:openai"
+    path = Path(spec.pretrained).expanduser()
+    if not path.is_file():
+        raise ClipWeightsError(
+            f"CLIP checkpoint file {path} does not exist; set {PRETRAINED_KEY} in config.yaml "
+            "to a readable checkpoint file, or to 'openai'"
+        )
+    return f"sha256:{file_sha256(path)}"
+
+
+def load_clip(spec: ClipSpec, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, str]:
+    """Create the open_clip model for `spec`, frozen and in eval mode; return it with its identity."""
+    identity = weights_identity(spec)
+    if spec.model not in open_clip.list_models():
+        raise ClipWeightsError(f"unknown CLIP model {spec.model!r} in clip.model")
+    if spec.random_init:
+        torch.manual_seed(spec.seed)
+        model = open_clip.create_model(spec.model, pretrained=None, device=device)
+    elif spec.pretrained == "openai":
+        model = _load_openai(spec, device)
+    else:
+        try:
+            model = open_clip.create_model(
+                spec.model, pretrained=str(Path(spec.pretrained).expanduser()), device=device,
+                force_quick_gelu=True, weights_only=False,
+            )
+        except Exception as exc:  # noqa: BLE001 - any failure becomes one clear message
+            raise ClipWeightsError(
+                f"could not load CLIP checkpoint {spec.pretrained} for {spec.model}: {exc}; "
+                f"set {PRETRAINED_KEY} in config.yaml to a checkpoint of this model"
+            ) from exc
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, identity
+
+
+def _load_openai(spec: ClipSpec, device: str | torch.device) -> torch.nn.Module:
+    # open_clip takes the weights from the local hub cache or downloads them (HF_HUB_OFFLINE=1
+    # makes a machine without network fail at once instead of retrying).
+    try:
+        return open_clip.create_model(
+            spec.model, pretrained="openai", device=device, force_quick_gelu=True,
+            require_pretrained=True,
+        )
+    except Exception as exc:  # noqa: BLE001 - any failure becomes one clear message
+        raise ClipWeightsError(
+            f"could not obtain OpenAI CLIP weights for {spec.model} (open_clip tag 'openai'): "
+            f"{type(exc).__name__}: {exc}. Without network access, download the checkpoint "
+            f"elsewhere and set {PRETRAINED_KEY} in config.yaml to the local file"
+        ) from exc
