@@ -35,6 +35,7 @@ class ClipSpec:
     model: str = "ViT-B-16"
     pretrained: str = "openai"
     seed: int = 0  # used for random initialisation only
+    quick_gelu: bool = True  # OpenAI's CLIP weights were trained with QuickGELU
 
     @classmethod
     def from_config(cls, cfg: dict) -> ClipSpec:
@@ -42,6 +43,7 @@ class ClipSpec:
             model=str(cfg.get("model", "ViT-B-16")),
             pretrained=str(cfg.get("pretrained", "openai")),
             seed=int(cfg.get("seed", 0)),
+            quick_gelu=bool(cfg.get("quick_gelu", True)),
         )
 
     @property
@@ -79,14 +81,15 @@ def load_clip(spec: ClipSpec, device: str | torch.device = "cpu") -> tuple[torch
         raise ClipWeightsError(f"unknown CLIP model {spec.model!r} in clip.model")
     if spec.random_init:
         torch.manual_seed(spec.seed)
-        model = open_clip.create_model(spec.model, pretrained=None, device=device)
+        model = open_clip.create_model(spec.model, pretrained=None, device=device,
+                                       force_quick_gelu=spec.quick_gelu)
     elif spec.pretrained == "openai":
         model = _load_openai(spec, device)
     else:
         try:
             model = open_clip.create_model(
                 spec.model, pretrained=str(Path(spec.pretrained).expanduser()), device=device,
-                force_quick_gelu=True, weights_only=False,
+                force_quick_gelu=spec.quick_gelu, weights_only=False,
             )
         except Exception as exc:  # noqa: BLE001 - any failure becomes one clear message
             raise ClipWeightsError(
@@ -104,7 +107,7 @@ def _load_openai(spec: ClipSpec, device: str | torch.device) -> torch.nn.Module:
     # makes a machine without network fail at once instead of retrying).
     try:
         return open_clip.create_model(
-            spec.model, pretrained="openai", device=device, force_quick_gelu=True,
+            spec.model, pretrained="openai", device=device, force_quick_gelu=spec.quick_gelu,
             require_pretrained=True,
         )
     except Exception as exc:  # noqa: BLE001 - any failure becomes one clear message

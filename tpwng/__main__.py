@@ -1,0 +1,5 @@
+import sys
+
+from tpwng.cli import main
+
+sys.exit(main())

@@ -1,0 +1,166 @@
+"""The `tpwng` command: one subcommand per pipeline stage (the Snakemake rules call these)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("tpwng")
+
+
+class UserError(Exception):
+    """An error to print as one line, without a traceback."""
+
+
+def _settings(text: str) -> dict:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--settings is not valid JSON: {exc}") from exc
+
+
+def cmd_synth(a: argparse.Namespace) -> None:
+    from tpwng.synthetic import SyntheticSpec, generate
+
+    s = _settings(a.settings)
+    generate(Path(a.out), SyntheticSpec(**s.get("synthetic", {})))
+
+
+def _probe_for(settings: dict):
+    from tpwng.video import probe_video
+
+    if settings["extraction"].get("source") == "released":
+        from tpwng.released import released_probe
+
+        return released_probe(settings)
+    return probe_video
+
+
+def cmd_manifest(a: argparse.Namespace) -> None:
+    from tpwng.datasets import build_manifest, entries_for, write_manifest
+
+    s = _settings(a.settings)
+    if not s.get("root"):
+        raise UserError(
+            f"dataset {s['name']!r} has no root: set datasets.{s['name']}.root in config.yaml "
+            f"or pass --config {s['name']}_root=DIR"
+        )
+    released = s["extraction"].get("source") == "released"
+    entries = entries_for(s["format"], Path(s["root"]), require_files=not released)
+    rows = build_manifest(entries, _probe_for(s))
+    write_manifest(rows, Path(a.out))
+    log.info("%s: %d videos", a.out, len(rows))
+
+
+def cmd_extract(a: argparse.Namespace) -> None:
+    from tpwng.clip_backbone import ClipSpec
+    from tpwng.datasets import read_manifest
+    from tpwng.features import ExtractionSettings, extract
+
+    s = _settings(a.settings)
+    rows = read_manifest(Path(a.manifest))
+    mine = rows[a.shard :: a.shards]
+    stats = extract(mine, Path(a.out), ClipSpec.from_config(s["clip"]),
+                    ExtractionSettings.from_config(s["extraction"]), dataset=s["name"],
+                    shard=f"{a.shard}/{a.shards}")
+    log.info("extracted %s", json.dumps(stats))
+
+
+def cmd_merge(a: argparse.Namespace) -> None:
+    from tpwng.store import merge_view
+
+    n = merge_view(a.inputs, a.out)
+    log.info("%s: %d videos", a.out, n)
+
+
+def cmd_import(a: argparse.Namespace) -> None:
+    from tpwng.datasets import read_manifest
+    from tpwng.released import import_released
+
+    s = _settings(a.settings)
+    n = import_released(read_manifest(Path(a.manifest)), s, Path(a.out))
+    log.info("%s: %d videos imported", a.out, n)
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    from tpwng.train import train
+
+    train(_settings(a.settings), Path(a.manifest), Path(a.features), Path(a.out), Path(a.log))
+
+
+def cmd_infer(a: argparse.Namespace) -> None:
+    from tpwng.inference import score_test_set
+
+    score_test_set(_settings(a.settings), Path(a.manifest), Path(a.features), Path(a.model),
+                   Path(a.out))
+
+
+def cmd_evaluate(a: argparse.Namespace) -> None:
+    from tpwng.evaluate import evaluate
+
+    evaluate(_settings(a.settings), Path(a.manifest), Path(a.scores), Path(a.model),
+             a.out_prefix)
+
+
+def cmd_diagnostics(a: argparse.Namespace) -> None:
+    from tpwng.diagnostics import diagnostics
+
+    diagnostics(_settings(a.settings), Path(a.manifest), Path(a.features), Path(a.model),
+                Path(a.train_log), Path(a.out_dir))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tpwng", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func, help_: str, *args: tuple[str, dict]) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_)
+        for flag, kw in args:
+            sp.add_argument(flag, **kw)
+        sp.set_defaults(func=func)
+        return sp
+
+    req = {"required": True}
+    settings = ("--settings", {"required": True, "help": "dataset settings as JSON"})
+    manifest = ("--manifest", req)
+    add("synth", cmd_synth, "generate the synthetic dataset", settings, ("--out", req))
+    add("manifest", cmd_manifest, "build a dataset manifest", settings, ("--out", req))
+    add("extract", cmd_extract, "extract CLIP features of one shard", settings, manifest,
+        ("--shard", {"type": int, "default": 0}), ("--shards", {"type": int, "default": 1}),
+        ("--out", req))
+    add("merge", cmd_merge, "link shard stores into one view", ("--out", req),
+        ("inputs", {"nargs": "+"}))
+    add("import-features", cmd_import, "import released .npy CLIP features", settings,
+        manifest, ("--out", req))
+    add("train", cmd_train, "train TPWNG", settings, manifest, ("--features", req),
+        ("--out", req), ("--log", req))
+    add("infer", cmd_infer, "score every test video", settings, manifest, ("--features", req),
+        ("--model", req), ("--out", req))
+    add("evaluate", cmd_evaluate, "metric tables and plots", settings, manifest,
+        ("--scores", req), ("--model", req), ("--out-prefix", req))
+    add("diagnostics", cmd_diagnostics, "pseudo-label, similarity and training plots", settings,
+        manifest, ("--features", req), ("--model", req), ("--train-log", req),
+        ("--out-dir", req))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    from tpwng.errors import EXPECTED_ERRORS
+
+    try:
+        args.func(args)
+    except (UserError, *EXPECTED_ERRORS) as exc:
+        print(f"tpwng {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""The pipeline's configuration: schema validation and per-dataset settings."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+SECTIONS = ("clip", "extraction", "model", "train")
+
+
+class ConfigError(ValueError):
+    """The configuration does not satisfy the schema or names an unknown dataset."""
+
+
+def _schema() -> dict:
+    with open(SCHEMA_PATH) as f:
+        return yaml.safe_load(f)
+
+
+def _with_defaults(validator_cls):
+    validate_props = validator_cls.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        for name, sub in properties.items():
+            if isinstance(instance, dict) and "default" in sub and name not in instance:
+                instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_props(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_cls, {"properties": set_defaults})
+
+
+def validate(config: dict) -> dict:
+    """Validate in place against the schema, filling defaults; raise ConfigError on failure."""
+    schema = _schema()
+    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        e = errors[0]
+        where = ".".join(str(p) for p in e.absolute_path) or "(top level)"
+        raise ConfigError(f"invalid config at {where}: {e.message}")
+    return config
+
+
+def load(path: str | Path) -> dict:
+    with open(path) as f:
+        return validate(yaml.safe_load(f) or {})
+
+
+def dataset_settings(config: dict, name: str) -> dict:
+    """Everything one dataset needs: its own keys over the top-level sections."""
+    datasets = config.get("datasets", {})
+    if name not in datasets:
+        raise ConfigError(f"unknown dataset {name!r}; configured: {sorted(datasets)}")
+    ds = datasets[name]
+    out = {"name": name, "format": ds["format"], "root": ds.get("root"),
+           "classes": list(ds.get("classes") or []), "synthetic": dict(ds.get("synthetic") or {}),
+           "evaluate": dict(config.get("evaluate") or {})}
+    override = config.get(f"{name}_root")
+    if override:
+        out["root"] = str(override)
+    for section in SECTIONS:
+        merged = dict(config.get(section) or {})
+        merged.update(ds.get(section) or {})
+        out[section] = merged
+    return out
+
+
+def settings_hash(settings: dict) -> str:
+    """A short stable hash of a dataset's settings (recorded in every output)."""
+    blob = json.dumps(settings, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

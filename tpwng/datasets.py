@@ -1,0 +1,558 @@
+"""Dataset split/annotation parsers and video manifests.
+
+Supported layouts: UCF-Crime and XD-Violence (split and annotation files shipped in
+``tpwng/resources``, videos found below a user-given root), and a generic folder format::
+
+    ROOT/videos/<Class>/<id>.<ext>
+    ROOT/train.txt, ROOT/test.txt     one "<Class>/<id>.<ext>" per line
+    ROOT/annotations.txt              UCF temporal format, test videos (normal ones optional)
+
+Frame intervals are 0-based and end-exclusive throughout.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+NORMAL = "normal"
+UCF_CLASSES = [
+    "normal", "abuse", "arrest", "arson", "assault", "burglary", "explosion", "fighting",
+    "road accidents", "robbery", "shooting", "shoplifting", "stealing", "vandalism",
+]
+XD_CLASSES = ["normal", "fighting", "shooting", "riot", "abuse", "car accident", "explosion"]
+XD_CODES = {
+    "A": "normal", "B1": "fighting", "B2": "shooting", "B4": "riot", "B5": "abuse",
+    "B6": "car accident", "G": "explosion",
+}
+
+RESOURCES = Path(__file__).resolve().parent / "resources"
+UCF_TRAIN_LIST = RESOURCES / "ucf_crime" / "Anomaly_Train.txt"
+UCF_TEST_LIST = RESOURCES / "ucf_crime" / "Anomaly_Test.txt"
+UCF_ANNOTATION = RESOURCES / "ucf_crime" / "Temporal_Anomaly_Annotation.txt"
+XD_TRAIN_LIST = RESOURCES / "vadclip_lists" / "xd_CLIP_rgb.csv"
+XD_TEST_LIST = RESOURCES / "vadclip_lists" / "xd_CLIP_rgbtest.csv"
+XD_ANNOTATION = RESOURCES / "xd_violence" / "annotations.txt"
+
+VIDEO_EXTENSIONS = (
+    ".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv",
+)
+FORMATS = ("ucf", "xd", "folder", "synthetic")
+MANIFEST_COLUMNS = [
+    "video_id", "path", "split", "label", "classes", "intervals", "frames", "fps", "width",
+    "height",
+]
+SPLITS = ("train", "test")
+_NORMAL_DIRS = {
+    "training_normal_videos_anomaly", "testing_normal_videos_anomaly", "normal_videos_event",
+}
+
+Interval = tuple[int, int]
+
+
+class DatasetError(ValueError):
+    """Bad dataset input; the message names the file and the problem."""
+
+
+@dataclass
+class VideoEntry:
+    """One video of a dataset with its split, prompt classes and test-time annotation."""
+
+    video_id: str
+    path: str
+    split: str
+    classes: list[str]
+    intervals: list[Interval]
+
+    @property
+    def label(self) -> str:
+        """``"normal"`` for normal videos, else ``"anomalous"``."""
+        return NORMAL if self.classes == [NORMAL] else "anomalous"
+
+
+@dataclass
+class VideoInfo:
+    """What a probe reports about a video file."""
+
+    frames: int
+    fps: float
+    width: int
+    height: int
+
+
+@dataclass
+class ManifestRow(VideoEntry):
+    """A :class:`VideoEntry` together with its probed :class:`VideoInfo`."""
+
+    frames: int
+    fps: float
+    width: int
+    height: int
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def strip_video_extension(name: str) -> str:
+    """Drop a known video file extension (names such as ``Bad.Boys.1995__#1`` keep their dots)."""
+    lower = name.lower()
+    for ext in VIDEO_EXTENSIONS:
+        if lower.endswith(ext) and len(name) > len(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def _read_lines(path: str | os.PathLike[str]) -> list[tuple[int, str]]:
+    """Non-empty, stripped lines of a text file with their 1-based line numbers."""
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: cannot read ({exc})") from None
+    lines = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if line:
+            lines.append((number, line))
+    return lines
+
+
+def _parse_intervals(fields: Sequence[str], where: str) -> list[Interval]:
+    """Parse ``s1 e1 s2 e2 ...``; a ``-1 -1`` pair marks an absent interval."""
+    if len(fields) % 2:
+        raise DatasetError(f"{where}: odd number of interval fields ({len(fields)})")
+    intervals = []
+    for start_text, end_text in zip(fields[::2], fields[1::2], strict=True):
+        try:
+            start, end = int(start_text), int(end_text)
+        except ValueError:
+            raise DatasetError(
+                f"{where}: interval bounds must be integers, got {start_text!r} {end_text!r}"
+            ) from None
+        if start == -1 and end == -1:
+            continue
+        if start < 0 or end <= start:
+            raise DatasetError(f"{where}: bad interval {start}-{end} (need 0 <= start < end)")
+        intervals.append((start, end))
+    return intervals
+
+
+def class_prompt_name(raw: str) -> str:
+    """Map a class/folder name to its prompt name, e.g. ``RoadAccidents`` -> ``road accidents``."""
+    name = raw.strip()
+    if name.lower() == NORMAL or name.lower() in _NORMAL_DIRS:
+        return NORMAL
+    name = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", name)
+    name = re.sub(r"[\s_\-]+", " ", name)
+    return name.strip().lower()
+
+
+# --------------------------------------------------------------------------- parsers
+
+
+def parse_ucf_temporal_annotation(
+    path: str | os.PathLike[str],
+) -> dict[str, tuple[str, list[Interval]]]:
+    """Parse a UCF-Crime temporal annotation: ``name  class  s1  e1  s2  e2 ...``.
+
+    Returns video id (name without extension) -> (raw class, intervals).
+    """
+    result: dict[str, tuple[str, list[Interval]]] = {}
+    for number, line in _read_lines(path):
+        where = f"{path}:{number}"
+        fields = line.split()
+        if len(fields) < 2:
+            raise DatasetError(f"{where}: expected '<video> <class> [start end ...]', got {line!r}")
+        video_id = strip_video_extension(fields[0])
+        if video_id in result:
+            raise DatasetError(f"{where}: video {video_id} is listed twice")
+        result[video_id] = (fields[1], _parse_intervals(fields[2:], where))
+    return result
+
+
+def parse_xd_annotation(path: str | os.PathLike[str]) -> dict[str, list[Interval]]:
+    """Parse an XD-Violence annotation: ``name s1 e1 s2 e2 ...`` -> video id -> intervals."""
+    result: dict[str, list[Interval]] = {}
+    for number, line in _read_lines(path):
+        where = f"{path}:{number}"
+        fields = line.split()
+        video_id = strip_video_extension(fields[0])
+        if video_id in result:
+            raise DatasetError(f"{where}: video {video_id} is listed twice")
+        result[video_id] = _parse_intervals(fields[1:], where)
+    return result
+
+
+def load_interval_file(path: str | os.PathLike[str]) -> dict[str, list[Interval]]:
+    """Read a file in the UCF temporal format as video id -> intervals."""
+    return {vid: intervals for vid, (_, intervals) in parse_ucf_temporal_annotation(path).items()}
+
+
+def xd_classes_from_name(video_id: str) -> list[str]:
+    """Prompt classes encoded after ``_label_`` in an XD-Violence video name."""
+    if "_label_" not in video_id:
+        raise DatasetError(f"XD-Violence video {video_id}: name has no '_label_' part")
+    codes = [c for c in video_id.rsplit("_label_", 1)[1].split("-") if c != "0"]
+    classes: list[str] = []
+    for code in codes:
+        if code not in XD_CODES:
+            raise DatasetError(f"XD-Violence video {video_id}: unknown label code {code!r}")
+        if XD_CODES[code] not in classes:
+            classes.append(XD_CODES[code])
+    if not classes or (NORMAL in classes and len(classes) > 1):
+        raise DatasetError(f"XD-Violence video {video_id}: invalid label codes {codes}")
+    return classes
+
+
+def frame_labels(intervals: Iterable[Interval], n_frames: int) -> np.ndarray:
+    """Per-frame 0/1 ground truth (uint8) of a video with ``n_frames`` frames."""
+    labels = np.zeros(int(n_frames), dtype=np.uint8)
+    for start, end in intervals:
+        if start < 0 or end < start:
+            raise DatasetError(f"bad interval {start}-{end} (need 0 <= start <= end)")
+        if end > n_frames:
+            raise DatasetError(f"interval {start}-{end} lies beyond the video's {n_frames} frames")
+        labels[start:end] = 1
+    return labels
+
+
+# --------------------------------------------------------------------------- path resolution
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+class _Resolver:
+    """Find listed videos below a root: at the listed relative path, else by file name."""
+
+    def __init__(self, root: str | os.PathLike[str], search: bool = True) -> None:
+        self.root = os.path.normpath(os.path.abspath(os.fspath(root)))
+        if not os.path.isdir(self.root):
+            raise DatasetError(f"{self.root}: dataset root is not a directory")
+        self.search = search
+        self._index: dict[str, list[str]] | None = None
+
+    def _build_index(self) -> dict[str, list[str]]:
+        index: dict[str, list[str]] = {}
+        seen: set[str] = set()
+        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=True):
+            real = os.path.realpath(dirpath)
+            if real in seen:
+                dirnames[:] = []
+                continue
+            seen.add(real)
+            dirnames.sort()
+            for name in filenames:
+                index.setdefault(name, []).append(os.path.join(dirpath, name))
+        return index
+
+    def resolve(self, relative: str, list_file: str | os.PathLike[str]) -> str:
+        """Absolute path of ``relative`` (a list entry); errors name the list file."""
+        if os.path.isabs(relative) or relative.startswith(("/", "\\")):
+            raise DatasetError(f"{list_file}: {relative} is an absolute path; list paths must "
+                               f"be relative to {self.root}")
+        candidate = os.path.normpath(os.path.join(self.root, relative))
+        if not _inside(candidate, self.root):
+            raise DatasetError(f"{list_file}: {relative} points outside the dataset root "
+                               f"{self.root}")
+        if os.path.isfile(candidate):
+            return candidate
+        if self.search:
+            if self._index is None:
+                self._index = self._build_index()
+            found = self._index.get(os.path.basename(relative), [])
+            if len(found) == 1:
+                return found[0]
+            if len(found) > 1:
+                raise DatasetError(f"{list_file}: {relative} matches several files below "
+                                   f"{self.root}: {', '.join(sorted(found))}")
+        raise DatasetError(f"{list_file}: video file {candidate} not found"
+                           + (f" (nor any file named {os.path.basename(relative)} below "
+                              f"{self.root})" if self.search else ""))
+
+
+def _check_unique(entries: Sequence[VideoEntry], dataset: str) -> None:
+    seen: dict[str, str] = {}
+    for entry in entries:
+        if entry.video_id in seen:
+            raise DatasetError(f"{dataset}: video {entry.video_id} is listed twice "
+                               f"({seen[entry.video_id]} and {entry.split} lists)")
+        seen[entry.video_id] = entry.split
+
+
+def _attach_ucf_annotation(
+    entries: list[VideoEntry],
+    annotation: dict[str, tuple[str, list[Interval]]],
+    annotation_file: str | os.PathLike[str],
+) -> None:
+    """Give test entries their intervals, checking the annotation against the split lists."""
+    by_id = {entry.video_id: entry for entry in entries}
+    for video_id, (raw_class, intervals) in annotation.items():
+        entry = by_id.get(video_id)
+        if entry is None:
+            raise DatasetError(f"{annotation_file}: annotated video {video_id} is in no split list")
+        if entry.split != "test":
+            continue  # weak supervision: training videos carry only their class
+        if class_prompt_name(raw_class) != entry.classes[0]:
+            raise DatasetError(f"{annotation_file}: video {video_id} is annotated as "
+                               f"{raw_class!r} but listed under class {entry.classes[0]!r}")
+        if entry.label == NORMAL and intervals:
+            raise DatasetError(f"{annotation_file}: normal video {video_id} has anomalous "
+                               f"intervals {intervals}")
+        entry.intervals = list(intervals)
+    for entry in entries:
+        if entry.split == "test" and entry.label != NORMAL and not entry.intervals:
+            raise DatasetError(f"{annotation_file}: anomalous test video {entry.video_id} has "
+                               "no annotated interval")
+
+
+def _class_list_entries(
+    list_file: str | os.PathLike[str], split: str, resolver: _Resolver
+) -> list[VideoEntry]:
+    """Entries of a ``<Class>/<file>`` list (UCF-Crime and folder formats)."""
+    entries = []
+    for number, line in _read_lines(list_file):
+        relative = line.replace("\\", "/")
+        parts = [p for p in relative.split("/") if p not in ("", ".")]
+        if len(parts) < 2 and not os.path.isabs(relative):
+            raise DatasetError(f"{list_file}:{number}: expected '<Class>/<video file>', "
+                               f"got {line!r}")
+        path = resolver.resolve(relative, list_file)
+        video_id = strip_video_extension(parts[-1])
+        entries.append(VideoEntry(video_id, path, split, [class_prompt_name(parts[0])], []))
+    return entries
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def ucf_entries(
+    root: str | os.PathLike[str],
+    *,
+    train_list: str | os.PathLike[str] = UCF_TRAIN_LIST,
+    test_list: str | os.PathLike[str] = UCF_TEST_LIST,
+    annotation: str | os.PathLike[str] = UCF_ANNOTATION,
+) -> list[VideoEntry]:
+    """UCF-Crime entries (train list order, then test list order) for videos below ``root``."""
+    resolver = _Resolver(root)
+    entries = (_class_list_entries(train_list, "train", resolver)
+               + _class_list_entries(test_list, "test", resolver))
+    _check_unique(entries, "UCF-Crime")
+    _attach_ucf_annotation(entries, parse_ucf_temporal_annotation(annotation), annotation)
+    return entries
+
+
+def _xd_list_names(list_file: str | os.PathLike[str]) -> list[str]:
+    """Video ids of a feature list (``path,label``), one per video with crops merged."""
+    try:
+        with open(list_file, newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.reader(handle))
+    except OSError as exc:
+        raise DatasetError(f"{list_file}: cannot read ({exc})") from None
+    names: dict[str, None] = {}
+    for number, row in enumerate(rows, start=1):
+        if not row or not row[0].strip() or (number == 1 and row[0].strip() == "path"):
+            continue
+        stem = re.split(r"[\\/]", row[0].strip())[-1]
+        if stem.endswith(".npy"):
+            stem = stem[:-4]
+        head, sep, crop = stem.rpartition("__")
+        if sep and crop.isdigit():
+            stem = head
+        stem = strip_video_extension(stem)
+        if not stem:
+            raise DatasetError(f"{list_file}:{number}: no video name in {row[0]!r}")
+        names[stem] = None
+    return list(names)
+
+
+def xd_entries(
+    root: str | os.PathLike[str],
+    *,
+    train_list: str | os.PathLike[str] = XD_TRAIN_LIST,
+    test_list: str | os.PathLike[str] = XD_TEST_LIST,
+    annotation: str | os.PathLike[str] = XD_ANNOTATION,
+) -> list[VideoEntry]:
+    """XD-Violence entries (train, then test in list order) for ``<id>.mp4`` files below root."""
+    resolver = _Resolver(root)
+    entries = []
+    for split, list_file in (("train", train_list), ("test", test_list)):
+        for video_id in _xd_list_names(list_file):
+            try:
+                classes = xd_classes_from_name(video_id)
+            except DatasetError as exc:
+                raise DatasetError(f"{list_file}: {exc}") from None
+            path = resolver.resolve(f"{video_id}.mp4", list_file)
+            entries.append(VideoEntry(video_id, path, split, classes, []))
+    _check_unique(entries, "XD-Violence")
+    by_id = {entry.video_id: entry for entry in entries}
+    for video_id, intervals in parse_xd_annotation(annotation).items():
+        entry = by_id.get(video_id)
+        if entry is None:
+            raise DatasetError(f"{annotation}: annotated video {video_id} is in no split list")
+        if entry.split != "test":
+            continue
+        if entry.label == NORMAL:
+            raise DatasetError(f"{annotation}: normal video {video_id} has anomalous intervals")
+        entry.intervals = intervals
+    for entry in entries:
+        if entry.split == "test" and entry.label != NORMAL and not entry.intervals:
+            raise DatasetError(f"{annotation}: violent test video {entry.video_id} has no "
+                               "annotated interval")
+    return entries
+
+
+def folder_entries(root: str | os.PathLike[str]) -> list[VideoEntry]:
+    """Entries of the generic folder format (see the module docstring)."""
+    root = Path(root)
+    resolver = _Resolver(root / "videos", search=False)
+    entries = (_class_list_entries(root / "train.txt", "train", resolver)
+               + _class_list_entries(root / "test.txt", "test", resolver))
+    _check_unique(entries, str(root))
+    annotation_file = root / "annotations.txt"
+    if annotation_file.exists():
+        annotation = parse_ucf_temporal_annotation(annotation_file)
+    else:
+        annotation = {}
+    _attach_ucf_annotation(entries, annotation, annotation_file)
+    return entries
+
+
+def entries_for(fmt: str, root: str | os.PathLike[str]) -> list[VideoEntry]:
+    """Entries of a dataset in format ``fmt`` (``ucf``, ``xd``, ``folder`` or ``synthetic``)."""
+    if fmt == "ucf":
+        return ucf_entries(root)
+    if fmt == "xd":
+        return xd_entries(root)
+    if fmt in ("folder", "synthetic"):
+        return folder_entries(root)
+    raise DatasetError(f"unknown dataset format {fmt!r}; expected one of {', '.join(FORMATS)}")
+
+
+# --------------------------------------------------------------------------- manifests
+
+
+def build_manifest(
+    entries: Sequence[VideoEntry],
+    probe: Callable[[str], VideoInfo],
+    progress: bool = True,
+) -> list[ManifestRow]:
+    """Probe every video and check its annotation against the probed frame count."""
+    _check_unique(entries, "manifest")
+    rows = []
+    for entry in tqdm(entries, desc="probe videos", unit="video", disable=not progress):
+        info = probe(entry.path)
+        if info.frames <= 0:
+            raise DatasetError(f"{entry.path}: video {entry.video_id} has no frames")
+        if not (math.isfinite(info.fps) and info.fps > 0):
+            raise DatasetError(f"{entry.path}: video {entry.video_id} has invalid fps {info.fps}")
+        for start, end in entry.intervals:
+            if not 0 <= start < end <= info.frames:
+                raise DatasetError(
+                    f"video {entry.video_id} ({entry.path}): annotated interval {start}-{end} "
+                    f"is not within its {info.frames} frames"
+                )
+        rows.append(ManifestRow(
+            entry.video_id, entry.path, entry.split, list(entry.classes),
+            [tuple(i) for i in entry.intervals], int(info.frames), float(info.fps),
+            int(info.width), int(info.height),
+        ))
+    return rows
+
+
+def _row_fields(row: ManifestRow) -> list[str]:
+    fields = [
+        row.video_id, row.path, row.split, row.label, "|".join(row.classes),
+        ";".join(f"{s}-{e}" for s, e in row.intervals), str(int(row.frames)),
+        repr(float(row.fps)), str(int(row.width)), str(int(row.height)),
+    ]
+    for field in fields:
+        if "\t" in field or "\n" in field or "\r" in field:
+            raise DatasetError(f"video {row.video_id}: field {field!r} contains a tab or newline")
+    if any("|" in c for c in row.classes):
+        raise DatasetError(f"video {row.video_id}: class names must not contain '|'")
+    return fields
+
+
+def write_manifest(rows: Iterable[ManifestRow], path: str | os.PathLike[str]) -> None:
+    """Write a manifest TSV atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    lines = ["\t".join(MANIFEST_COLUMNS)] + ["\t".join(_row_fields(row)) for row in rows]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write("\n".join(lines) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _parse_manifest_intervals(text: str, where: str) -> list[Interval]:
+    if not text:
+        return []
+    fields = []
+    for item in text.split(";"):
+        start, sep, end = item.partition("-")
+        if not sep:
+            raise DatasetError(f"{where}: bad interval {item!r} (expected 'start-end')")
+        fields += [start, end]
+    intervals = _parse_intervals(fields, where)
+    if len(intervals) * 2 != len(fields):
+        raise DatasetError(f"{where}: bad intervals {text!r}")
+    return intervals
+
+
+def read_manifest(path: str | os.PathLike[str]) -> list[ManifestRow]:
+    """Read a manifest written by :func:`write_manifest`."""
+    lines = _read_lines(path)
+    if not lines:
+        raise DatasetError(f"{path}: empty manifest (no header)")
+    header = lines[0][1].split("\t")
+    missing = [c for c in MANIFEST_COLUMNS if c not in header]
+    if missing:
+        raise DatasetError(f"{path}: missing manifest column(s) {', '.join(missing)}")
+    col = {name: header.index(name) for name in MANIFEST_COLUMNS}
+    rows: list[ManifestRow] = []
+    seen: set[str] = set()
+    for number, line in lines[1:]:
+        where = f"{path}:{number}"
+        fields = line.split("\t")
+        if len(fields) != len(header):
+            raise DatasetError(f"{where}: expected {len(header)} columns, got {len(fields)}")
+        value = {name: fields[i].strip() for name, i in col.items()}
+        try:
+            frames, width, height = (int(value[k]) for k in ("frames", "width", "height"))
+            fps = float(value["fps"])
+        except ValueError:
+            raise DatasetError(f"{where}: frames/fps/width/height must be numbers") from None
+        if value["split"] not in SPLITS:
+            raise DatasetError(f"{where}: split must be train or test, got {value['split']!r}")
+        classes = [c for c in value["classes"].split("|") if c]
+        if not value["video_id"] or not value["path"] or not classes:
+            raise DatasetError(f"{where}: empty video_id, path or classes")
+        row = ManifestRow(
+            value["video_id"], value["path"], value["split"], classes,
+            _parse_manifest_intervals(value["intervals"], where), frames, fps, width, height,
+        )
+        if row.label != value["label"]:
+            raise DatasetError(f"{where}: label {value['label']!r} contradicts classes "
+                               f"{value['classes']!r}")
+        if row.video_id in seen:
+            raise DatasetError(f"{where}: video {row.video_id} is listed twice")
+        seen.add(row.video_id)
+        rows.append(row)
+    return rows

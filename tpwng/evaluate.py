@@ -1,0 +1,93 @@
+"""Metric tables and plots from a scores file and the manifest's ground truth."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+from pathlib import Path
+
+
+from tpwng import __version__
+from tpwng.checkpoint import load_checkpoint
+from tpwng.config import settings_hash
+from tpwng.datasets import read_manifest
+from tpwng.inference import read_scores
+from tpwng.metrics import VideoResult, intervals_to_labels, metrics_table
+from tpwng.plots import plot_roc_pr, plot_score_curves
+from tpwng.store import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def video_results(manifest: Path, scores: Path) -> list[VideoResult]:
+    rows = {r.video_id: r for r in read_manifest(manifest) if r.split == "test"}
+    order, frames, _ = read_scores(scores)
+    missing = sorted(set(rows) - set(order))
+    if missing:
+        raise ValueError(f"{scores}: no scores for test videos {missing[:5]}")
+    return [VideoResult(v, list(rows[v].classes), frames[v],
+                        intervals_to_labels(rows[v].intervals, rows[v].frames)) for v in order]
+
+
+def _write_json(obj: dict, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= _flatten(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def evaluate(settings: dict, manifest: Path, scores: Path, model: Path, prefix: str) -> dict:
+    videos = video_results(manifest, scores)
+    threshold = float(settings["evaluate"]["threshold"])
+    table = metrics_table(videos, threshold=threshold)
+    meta = load_checkpoint(model)["meta"]
+    rows = read_manifest(manifest)
+    record = {
+        "dataset": settings["name"],
+        "split_sizes": {s: sum(r.split == s for r in rows) for s in ("train", "test")},
+        "settings_hash": settings_hash(settings),
+        "git_commit": git_commit(),
+        "clip_weights": meta["clip"]["weights"],
+        "random_init_clip": bool(meta["clip"]["random_init"]),
+        "clip_model": meta["clip"]["model"],
+        "epochs": meta["epochs"],
+        "seed": meta["seed"],
+        "tpwng_version": __version__,
+    }
+    full = {**record, "metrics": table}
+    _write_json(full, Path(f"{prefix}_metrics.json"))
+    _write_json({**record, "metric": "frame_auc", "value": table["frame_auc"]},
+                Path(f"{prefix}_auc.json"))
+    _write_json({**record, "metric": "frame_ap", "value": table["frame_ap"]},
+                Path(f"{prefix}_ap.json"))
+    flat = _flatten(table)
+    with atomic_path(Path(f"{prefix}_metrics.tsv")) as tmp:
+        lines = ["metric\tvalue"] + [
+            f"{k}\t{v:.6f}" if isinstance(v, float) else f"{k}\t{v}" for k, v in flat.items()]
+        tmp.write_text("\n".join(lines) + "\n")
+    plots = Path(prefix) / "plots"
+    n = int(settings["evaluate"]["plot_videos"])
+    plot_score_curves(videos, plots / "score_curves.png", max_videos=n,
+                      title=f"{settings['name']}: frame AUC {table['frame_auc']:.4f}")
+    plot_roc_pr(videos, plots / "roc_pr.png")
+    log.info("%s: frame AUC %.4f, AP %.4f", settings["name"], table["frame_auc"],
+             table["frame_ap"])
+    return full

@@ -1,0 +1,218 @@
+"""Feature extraction: decord decoding -> CLIP preprocessing -> frozen image encoder -> store.
+
+Decoding runs in worker processes (a torch DataLoader over an iterable of videos) so that it
+overlaps encoding; the encoder sees batches that span video boundaries; each video is written
+to the store as soon as all its snippets are encoded. Memory is bounded by the decode chunk and
+the encoder batch, whatever the videos' lengths.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from tqdm import tqdm
+
+from tpwng import __version__
+from tpwng.clip_backbone import ClipSpec, load_clip
+from tpwng.preprocess import CLIP_MEAN, CLIP_STD, n_crops, preprocess
+from tpwng.store import StoreWriter
+from tpwng.video import read_frames, sample_indices
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExtractionSettings:
+    stride: int = 16
+    sample: str = "center"
+    crop_mode: str = "center"
+    batch_size: int = 64
+    precision: str = "auto"  # auto: bf16 weights on CUDA, fp32 on CPU; or fp32 / bf16 / fp16
+    decode_workers: int = 2
+    decode_chunk: int = 32
+    decode_timeout: float = 600.0  # seconds a decode worker may take for one chunk
+    dtype: str = "float16"
+    device: str = "auto"
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> ExtractionSettings:
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in cfg.items() if k in known})
+
+
+@dataclass
+class VideoJob:
+    video_id: str
+    path: str
+    frames: int
+    fps: float
+    indices: np.ndarray = field(repr=False)
+
+
+def plan_jobs(rows: Sequence, settings: ExtractionSettings) -> list[VideoJob]:
+    """One job per manifest row: which frames to sample."""
+    return [
+        VideoJob(r.video_id, r.path, int(r.frames), float(r.fps),
+                 sample_indices(int(r.frames), settings.stride, settings.sample))
+        for r in rows
+    ]
+
+
+class _DecodeStream(IterableDataset):
+    """Yields (job index, snippet offset, uint8 frames [n, H, W, 3]) for this worker's videos."""
+
+    def __init__(self, jobs: list[VideoJob], chunk: int) -> None:
+        self.jobs = jobs
+        self.chunk = chunk
+
+    def __iter__(self) -> Iterator[tuple[int, int, torch.Tensor]]:
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        for j in range(wid, len(self.jobs), nw):
+            job = self.jobs[j]
+            for off, frames in read_frames(job.path, job.indices, chunk=self.chunk):
+                yield j, off, torch.from_numpy(frames)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto` is CUDA when a device really is usable, else the CPU."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        try:
+            torch.zeros(1, device="cuda")
+            return torch.device("cuda")
+        except RuntimeError as exc:  # e.g. CUDA_VISIBLE_DEVICES set on a node without a GPU
+            log.warning("CUDA reported but unusable (%s); using the CPU", exc)
+    return torch.device("cpu")
+
+
+def encoder_dtype(precision: str, device: torch.device) -> torch.dtype:
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+class ImageEncoder:
+    """The frozen CLIP image tower with CLIP preprocessing, on one device and precision."""
+
+    def __init__(self, clip_model: torch.nn.Module, settings: ExtractionSettings) -> None:
+        self.device = resolve_device(settings.device)
+        self.dtype = encoder_dtype(settings.precision, self.device)
+        self.visual = clip_model.visual.to(self.device, self.dtype).eval()
+        self.crop_mode = settings.crop_mode
+        self.crops = n_crops(settings.crop_mode)
+
+    @torch.inference_mode()
+    def prepare(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 [N, H, W, 3] -> preprocessed [N, crops, 3, 224, 224] on the device."""
+        return preprocess(frames.to(self.device, non_blocking=True), self.crop_mode).to(self.dtype)
+
+    @torch.inference_mode()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Preprocessed [N, crops, 3, 224, 224] -> float32 [N, crops, D] on the CPU."""
+        n = x.shape[0]
+        return self.visual(x.flatten(0, 1)).float().view(n, self.crops, -1).cpu()
+
+
+def provenance(spec: ClipSpec, identity: str, settings: ExtractionSettings, dim: int,
+               dataset: str) -> dict:
+    return {
+        "dataset": dataset,
+        "model": spec.model,
+        "weights": identity,
+        "random_init": spec.random_init,
+        "stride": settings.stride,
+        "sample": settings.sample,
+        "crop_mode": settings.crop_mode,
+        "crops": n_crops(settings.crop_mode),
+        "dim": dim,
+        "preprocessing": {
+            "center": "resize shorter side 224 bicubic antialias, centre crop 224",
+            "tencrop": "resize 340x256 bicubic antialias, 5 crops 224 + mirrored",
+        }[settings.crop_mode] + f", mean {CLIP_MEAN}, std {CLIP_STD}",
+        "tpwng_version": __version__,
+        "source": "extracted",
+    }
+
+
+def extract(rows: Sequence, out: str | Path, spec: ClipSpec, settings: ExtractionSettings,
+            dataset: str = "", shard: str = "", progress: bool = True) -> dict:
+    """Embed every video of `rows` into the store `out`; return timing figures."""
+    import time
+
+    clip_model, identity = load_clip(spec)
+    encoder = ImageEncoder(clip_model, settings)
+    dim = int(clip_model.visual.output_dim)
+    del clip_model
+    jobs = plan_jobs(rows, settings)
+    prov = provenance(spec, identity, settings, dim, dataset) | {"shard": shard}
+    loader = DataLoader(
+        _DecodeStream(jobs, settings.decode_chunk),
+        batch_size=None,
+        num_workers=settings.decode_workers,
+        timeout=settings.decode_timeout if settings.decode_workers > 0 else 0,
+        pin_memory=encoder.device.type == "cuda",
+        prefetch_factor=4 if settings.decode_workers > 0 else None,
+        persistent_workers=False,
+    )
+    pending: dict[int, np.ndarray] = {}
+    remaining: dict[int, int] = {j: len(job.indices) for j, job in enumerate(jobs)}
+    batch_frames: list[torch.Tensor] = []
+    batch_slots: list[tuple[int, int, int]] = []  # job, offset, count
+    n_batch = 0
+    per_batch = max(1, settings.batch_size // encoder.crops)  # batch_size counts images (crops)
+    total_snippets = int(sum(remaining.values()))
+    t0 = time.perf_counter()
+    bar = tqdm(total=total_snippets, unit="snippet", desc=f"extract {dataset} {shard}".strip(),
+               disable=not progress, file=sys.stderr)
+
+    with StoreWriter(out, prov, dtype=settings.dtype) as writer:
+
+        def flush() -> None:
+            nonlocal n_batch
+            if not batch_frames:
+                return
+            emb = encoder.encode(torch.cat(batch_frames)).numpy()
+            pos = 0
+            for j, off, cnt in batch_slots:
+                pending[j][off : off + cnt] = emb[pos : pos + cnt]
+                pos += cnt
+                remaining[j] -= cnt
+                if remaining[j] == 0:
+                    job = jobs[j]
+                    writer.add(job.video_id, pending.pop(j), frames=job.frames, fps=job.fps,
+                               crop_ids=list(range(encoder.crops)))
+            bar.update(pos)
+            batch_frames.clear()
+            batch_slots.clear()
+            n_batch = 0
+
+        for j, off, frames in loader:
+            if j not in pending:
+                pending[j] = np.zeros((len(jobs[j].indices), encoder.crops, dim), np.float32)
+            start = 0
+            while start < len(frames):
+                take = min(per_batch - n_batch, len(frames) - start)
+                batch_frames.append(encoder.prepare(frames[start : start + take]))
+                batch_slots.append((j, off + start, take))
+                n_batch += take
+                start += take
+                if n_batch >= per_batch:
+                    flush()
+        flush()
+        if pending:
+            missing = [jobs[j].video_id for j in pending]
+            raise RuntimeError(f"videos left incomplete after decoding: {missing}")
+    bar.close()
+    seconds = time.perf_counter() - t0
+    frames_total = int(sum(job.frames for job in jobs))
+    return {"videos": len(jobs), "snippets": total_snippets, "video_frames": frames_total,
+            "seconds": seconds, "device": str(encoder.device)}

@@ -1,0 +1,56 @@
+"""CLIP preprocessing as batched tensor operations (on the encoder's device).
+
+`center`: resize the shorter side to 224 (bicubic, antialiased), centre-crop 224x224, scale to
+[0, 1] and normalise with CLIP's mean/std: the same steps as CLIP's own PIL pipeline.
+`tencrop`: the layout of the widely used released CLIP features: resize to 340x256 (W x H),
+take 224x224 crops 0 = centre, 1 = top-left, 2 = top-right, 3 = bottom-left, 4 = bottom-right,
+and 5-9 = the same five regions mirrored horizontally.
+"""
+
+from __future__ import annotations
+
+import torch
+import torchvision.transforms.v2.functional as TF
+from torchvision.transforms import InterpolationMode
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CROP_MODES = {"center": 1, "tencrop": 10}
+TENCROP_SIZE = (256, 340)  # (H, W)
+
+
+def n_crops(mode: str) -> int:
+    if mode not in CROP_MODES:
+        raise ValueError(f"crop mode must be one of {sorted(CROP_MODES)}, got {mode!r}")
+    return CROP_MODES[mode]
+
+
+def _normalize(x: torch.Tensor) -> torch.Tensor:
+    """uint8 [..., 3, H, W] -> float normalised."""
+    mean = torch.tensor(CLIP_MEAN, device=x.device).view(3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=x.device).view(3, 1, 1)
+    return (x.float() / 255.0 - mean) / std
+
+
+def tencrop_boxes(height: int, width: int, size: int = 224) -> list[tuple[int, int]]:
+    """(top, left) of the five crop regions: centre, TL, TR, BL, BR."""
+    top_c = int(round((height - size) / 2.0))
+    left_c = int(round((width - size) / 2.0))
+    return [(top_c, left_c), (0, 0), (0, width - size), (height - size, 0),
+            (height - size, width - size)]
+
+
+def preprocess(frames: torch.Tensor, mode: str = "center", size: int = 224) -> torch.Tensor:
+    """uint8 frames [N, H, W, 3] -> float [N, crops, 3, size, size], CLIP-normalised."""
+    x = frames.permute(0, 3, 1, 2)  # N, 3, H, W
+    if mode == "center":
+        x = TF.resize(x, [size], interpolation=InterpolationMode.BICUBIC, antialias=True)
+        x = TF.center_crop(x, [size, size])
+        return _normalize(x).unsqueeze(1)
+    if mode == "tencrop":
+        x = TF.resize(x, list(TENCROP_SIZE), interpolation=InterpolationMode.BICUBIC,
+                      antialias=True)
+        crops = [x[:, :, t : t + size, l : l + size] for t, l in tencrop_boxes(*TENCROP_SIZE, size)]
+        crops += [c.flip(-1) for c in crops]
+        return _normalize(torch.stack(crops, dim=1))
+    raise ValueError(f"crop mode must be one of {sorted(CROP_MODES)}, got {mode!r}")

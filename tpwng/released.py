@@ -1,0 +1,92 @@
+"""Importing released CLIP features (one `<video>__<crop>.npy` of [snippets, 512] per crop).
+
+The widely used release of CLIP ViT-B/16 features for UCF-Crime and XD-Violence ships ten crops
+per training video (0 centre, 1-4 corners, 5-9 mirrored) and one crop per test video. Without the
+videos, a video's frame count is taken as 16 x its snippets, the convention of that release.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from tpwng import __version__
+from tpwng.store import StoreError, StoreWriter
+from tpwng.video import VideoInfo
+
+_NAME = re.compile(r"^(?P<video>.+)__(?P<crop>\d+)\.npy$")
+
+
+def index_npy(root: str | Path) -> dict[str, dict[int, Path]]:
+    """video id -> crop -> file, for every `<video>__<crop>.npy` below `root`."""
+    root = Path(root)
+    if not root.is_dir():
+        raise StoreError(f"released features directory {root} does not exist "
+                         "(set extraction.released_dir)")
+    out: dict[str, dict[int, Path]] = defaultdict(dict)
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            m = _NAME.match(name)
+            if m:
+                out[m["video"]][int(m["crop"])] = Path(dirpath) / name
+    return dict(out)
+
+
+def _released_dir(settings: dict) -> Path:
+    d = settings["extraction"].get("released_dir")
+    if not d:
+        raise StoreError(f"dataset {settings['name']!r}: extraction.source is 'released' but "
+                         "extraction.released_dir is not set")
+    return Path(d)
+
+
+def released_probe(settings: dict):
+    """A manifest probe that reads snippet counts from the .npy headers instead of videos."""
+    index = index_npy(_released_dir(settings))
+    stride = int(settings["extraction"]["stride"])
+
+    def probe(path: str) -> VideoInfo:
+        vid = Path(path).stem
+        crops = index.get(vid)
+        if not crops:
+            raise StoreError(f"no released features <{vid}>__<crop>.npy for video {path}")
+        arr = np.load(next(iter(crops.values())), mmap_mode="r")
+        return VideoInfo(frames=int(arr.shape[0]) * stride, fps=float("nan"), width=0, height=0)
+
+    return probe
+
+
+def import_released(rows, settings: dict, out: Path) -> int:
+    index = index_npy(_released_dir(settings))
+    clip = settings["clip"]
+    prov = {
+        "dataset": settings["name"], "model": clip.get("model", "ViT-B-16"),
+        "weights": "released-features", "random_init": False,
+        "stride": int(settings["extraction"]["stride"]), "sample": "released",
+        "crop_mode": "released", "crops": 10, "dim": 512,
+        "preprocessing": "as released (10-crop CLIP ViT-B/16)",
+        "tpwng_version": __version__, "source": f"released:{_released_dir(settings)}",
+    }
+    with StoreWriter(out, prov) as writer:
+        for r in tqdm(rows, desc="import", file=sys.stderr, unit="video"):
+            crops = index.get(r.video_id)
+            if not crops:
+                raise StoreError(f"no released features for video {r.video_id} in "
+                                 f"{_released_dir(settings)}")
+            ids = sorted(crops)
+            arrays = [np.load(crops[c]) for c in ids]
+            shapes = {a.shape for a in arrays}
+            if len(shapes) != 1 or arrays[0].ndim != 2:
+                raise StoreError(f"{crops[ids[0]]}: crops of {r.video_id} have shapes {shapes}; "
+                                 "expected one [snippets, dim] shape")
+            if arrays[0].shape[1] != prov["dim"]:
+                raise StoreError(f"{crops[ids[0]]}: feature dim {arrays[0].shape[1]} is not 512")
+            writer.add(r.video_id, np.stack(arrays, axis=1), frames=r.frames, fps=r.fps,
+                       crop_ids=ids)
+    return len(rows)

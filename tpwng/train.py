@@ -1,0 +1,202 @@
+"""Training TPWNG on a feature store (pseudo-labels and classifier learned together each step)."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from tpwng import __version__
+from tpwng.checkpoint import expected_store_provenance, save_checkpoint
+from tpwng.clip_backbone import ClipSpec, load_clip
+from tpwng.config import settings_hash
+from tpwng.datasets import DatasetError, load_interval_file, read_manifest
+from tpwng.features import resolve_device
+from tpwng.metrics import pseudo_label_quality
+from tpwng.model import TPWNG, ModelConfig
+from tpwng.sequences import TrainVideo, cap_length, epoch_batches, pad_batch, snippet_truth
+from tpwng.store import FeatureStore, StoreError
+
+log = logging.getLogger(__name__)
+
+
+def dataset_classes(settings: dict, rows) -> list[str]:
+    """Prompt class names: from config, else normal first and the manifest's classes sorted."""
+    classes = list(settings.get("classes") or [])
+    seen = sorted({c for r in rows for c in r.classes} - {"normal"})
+    if not classes:
+        classes = ["normal", *seen]
+    if classes[0] != "normal":
+        raise DatasetError(f"datasets.{settings['name']}.classes must start with 'normal'")
+    unknown = [c for c in seen if c not in classes]
+    if unknown:
+        raise DatasetError(
+            f"manifest classes {unknown} are not in datasets.{settings['name']}.classes")
+    return classes
+
+
+def load_train_videos(settings: dict, manifest: Path, features: Path) -> list[TrainVideo]:
+    """Training videos with capped features (and truth where a diagnostics file exists)."""
+    rows = [r for r in read_manifest(manifest) if r.split == "train"]
+    max_len = int(settings["train"]["max_seq_len"])
+    stride = int(settings["extraction"]["stride"])
+    truth_file = Path(settings["root"] or "") / "train_intervals.txt"
+    truth = load_interval_file(truth_file) if settings["root"] and truth_file.is_file() else {}
+    videos = []
+    with FeatureStore(features) as store:
+        store.check_compatible(expected_store_provenance(settings))
+        for r in tqdm(rows, desc="load features", file=sys.stderr, unit="video"):
+            feats = store.get(r.video_id)
+            if not np.isfinite(feats).all():
+                raise StoreError(f"{features}: features of {r.video_id} contain NaN or inf")
+            t = None
+            if r.video_id in truth:
+                from tpwng.metrics import intervals_to_labels
+
+                t = snippet_truth(intervals_to_labels(truth[r.video_id], r.frames), stride,
+                                  max_len)
+            videos.append(TrainVideo(r.video_id, cap_length(feats, max_len).astype(np.float16),
+                                     list(r.classes), r.frames, feats.shape[0], t))
+    return videos
+
+
+def _batch(videos: list[TrainVideo], idx, rng: np.random.Generator, device):
+    seqs = []
+    for i in idx:
+        f = videos[i].features
+        seqs.append(f[:, rng.integers(f.shape[1])].astype(np.float32))
+    x, mask = pad_batch(seqs)
+    return x.to(device), mask.to(device)
+
+
+def _labels(videos: list[TrainVideo], idx, classes: list[str], device) -> torch.Tensor:
+    y = torch.zeros(len(idx), len(classes))
+    for row, i in enumerate(idx):
+        for c in videos[i].classes:
+            y[row, classes.index(c)] = 1.0
+    return y.to(device)
+
+
+def pseudo_label_diagnostics(model: TPWNG, normal: list[TrainVideo], anomalous: list[TrainVideo],
+                             classes: list[str], device, crop: int = 0) -> dict[str, float]:
+    """Pseudo-labels of every anomalous training video against its true intervals."""
+    scored = [v for v in anomalous if v.truth is not None]
+    if not scored:
+        return {}
+    preds, truths = [], []
+    model.eval()
+    with torch.no_grad():
+        xn, mn = pad_batch([v.features[:, min(crop, v.features.shape[1] - 1)].astype(np.float32)
+                            for v in normal[:32]])
+        for k in range(0, len(scored), 32):
+            chunk = scored[k : k + 32]
+            xa, ma = pad_batch([v.features[:, min(crop, v.features.shape[1] - 1)]
+                                .astype(np.float32) for v in chunk])
+            y = _labels(chunk, range(len(chunk)), classes, device)
+            out = model.pseudo_and_similarities(xa.to(device), ma.to(device), y, xn.to(device),
+                                                mn.to(device))
+            p = out["pseudo"].cpu().numpy()
+            for i, v in enumerate(chunk):
+                preds.append(p[i, : len(v.truth)])
+                truths.append(v.truth)
+    model.train()
+    q = pseudo_label_quality(np.concatenate(preds).astype(np.uint8), np.concatenate(truths))
+    return {f"pl_{k}": float(v) for k, v in q.items()}
+
+
+def train(settings: dict, manifest: Path, features: Path, out: Path, log_path: Path) -> dict:
+    tr = settings["train"]
+    seed = int(tr["seed"])
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    torch.set_num_threads(int(tr.get("threads", 2)))
+    device = resolve_device(tr.get("device", "auto"))
+
+    videos = load_train_videos(settings, manifest, features)
+    rows = read_manifest(manifest)
+    classes = dataset_classes(settings, rows)
+    normal = [v for v in videos if v.normal]
+    anomalous = [v for v in videos if not v.normal]
+    if not normal or not anomalous:
+        raise DatasetError(f"{manifest}: training needs normal and anomalous videos "
+                           f"(found {len(normal)} normal, {len(anomalous)} anomalous)")
+    spec = ClipSpec.from_config(settings["clip"])
+    clip_model, identity = load_clip(spec)
+    cfg = ModelConfig.from_dict(settings["model"])
+    dim = int(videos[0].features.shape[-1])
+    model = TPWNG(clip_model, classes, cfg, dim=dim).to(device)
+    params = list(model.trainable_parameters())
+    opt = torch.optim.Adam(params, lr=float(tr["lr"]), weight_decay=float(tr["weight_decay"]))
+
+    rows_log: list[dict] = []
+    epochs = int(tr["epochs"])
+    t_start = time.perf_counter()
+    bar = tqdm(range(1, epochs + 1), desc=f"train {settings['name']}", file=sys.stderr,
+               unit="epoch")
+    for epoch in bar:
+        t0 = time.perf_counter()
+        model.train()
+        sums: dict[str, float] = {}
+        batches = epoch_batches(len(normal), len(anomalous), int(tr["batch_normal"]),
+                                int(tr["batch_anomalous"]), rng)
+        for idx_n, idx_a in batches:
+            xn, mn = _batch(normal, idx_n, rng, device)
+            xa, ma = _batch(anomalous, idx_a, rng, device)
+            ya = _labels(anomalous, idx_a, classes, device)
+            loss, logs, _ = model.training_step(xn, mn, xa, ma, ya)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        row = {"epoch": epoch, **{k: v / len(batches) for k, v in sums.items()},
+               "seconds": time.perf_counter() - t0}
+        row.update(pseudo_label_diagnostics(model, normal, anomalous, classes, device))
+        rows_log.append(row)
+        bar.set_postfix(loss=f"{row.get('loss', float('nan')):.3f}",
+                        f1=f"{row.get('pl_f1', float('nan')):.2f}")
+    seconds = time.perf_counter() - t_start
+    meta = {
+        "dataset": settings["name"],
+        "classes": classes,
+        "model_config": cfg.to_dict(),
+        "clip": {"model": spec.model, "pretrained": spec.pretrained, "weights": identity,
+                 "random_init": spec.random_init},
+        "store": expected_store_provenance(settings) | {"weights": identity},
+        "dim": dim,
+        "epochs": epochs,
+        "seed": seed,
+        "settings_hash": settings_hash(settings),
+        "train_videos": {"normal": len(normal), "anomalous": len(anomalous)},
+        "train_seconds": seconds,
+        "tpwng_version": __version__,
+    }
+    save_checkpoint(model, meta, out)
+    write_log(rows_log, log_path)
+    log.info("trained %d epochs in %.1f s", epochs, seconds)
+    return meta
+
+
+def write_log(rows: list[dict], path: Path) -> None:
+    from tpwng.store import atomic_path
+
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys, delimiter="\t")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+
+
+def read_log(path: Path) -> list[dict]:
+    with open(path) as f:
+        return [{k: float(v) if v not in ("", None) else None for k, v in r.items()}
+                for r in csv.DictReader(f, delimiter="\t")]

@@ -1,0 +1,59 @@
+import json
+
+from snakemake.utils import validate
+
+from tpwng.config import dataset_settings, settings_hash
+
+validate(config, "../schemas/config.schema.yaml")
+
+DATASETS = list(config["datasets"])
+ENV = "../../envs/tpwng.yaml"
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS),
+    shard=r"\d+",
+    nshards=r"\d+",
+
+
+def ds(name):
+    """Merged settings of one dataset."""
+    return dataset_settings(config, name)
+
+
+def settings_json(wildcards):
+    """The dataset's settings as one JSON argument for the tpwng command."""
+    return json.dumps(ds(wildcards.dataset), sort_keys=True)
+
+
+def n_shards(name):
+    return int(ds(name)["extraction"]["shards"])
+
+
+def shard_files(wildcards):
+    n = n_shards(wildcards.dataset)
+    return [f"features/{wildcards.dataset}/shards/{k:03d}-of-{n:03d}.h5" for k in range(n)]
+
+
+def feature_inputs(wildcards):
+    if ds(wildcards.dataset)["extraction"]["source"] == "released":
+        return [f"features/{wildcards.dataset}/released.h5"]
+    return shard_files(wildcards)
+
+
+def manifest_inputs(wildcards):
+    if ds(wildcards.dataset)["format"] == "synthetic":
+        return [f"data/{wildcards.dataset}/raw/test.txt"]
+    return []
+
+
+def plot_files(name):
+    return [
+        f"results/{name}/plots/{p}.png"
+        for p in ("score_curves", "roc_pr", "pseudo_labels", "similarities", "training")
+    ]
+
+
+def demo_targets(name):
+    return [f"results/{name}_auc.json", f"results/{name}_ap.json",
+            f"results/{name}_metrics.tsv"] + plot_files(name)

@@ -1,0 +1,31 @@
+rule synthesize:
+    """Generate the embedded synthetic dataset (real H.264 videos) in the folder layout."""
+    output:
+        train="data/{dataset}/raw/train.txt",
+        test="data/{dataset}/raw/test.txt",
+        annotations="data/{dataset}/raw/annotations.txt",
+        truth="data/{dataset}/raw/train_intervals.txt",
+    params:
+        settings=settings_json,
+    log:
+        "logs/{dataset}/synthesize.log",
+    conda:
+        ENV
+    shell:
+        "tpwng synth --settings {params.settings:q} --out data/{wildcards.dataset}/raw 2> {log}"
+
+
+rule manifest:
+    """One row per video: id, path, split, label, classes, intervals, frames, fps, size."""
+    input:
+        manifest_inputs,
+    output:
+        "data/{dataset}/manifest.tsv",
+    params:
+        settings=settings_json,
+    log:
+        "logs/{dataset}/manifest.log",
+    conda:
+        ENV
+    shell:
+        "tpwng manifest --settings {params.settings:q} --out {output} 2> {log}"

@@ -1,0 +1,70 @@
+rule score:
+    """Per-frame and per-snippet anomaly scores of every test video (stored features only)."""
+    input:
+        manifest="data/{dataset}/manifest.tsv",
+        features="features/{dataset}/features.h5",
+        model="models/{dataset}/tpwng.pt",
+    output:
+        "results/{dataset}/scores.h5",
+    params:
+        settings=settings_json,
+    log:
+        "logs/{dataset}/score.log",
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        ENV
+    shell:
+        "tpwng infer --settings {params.settings:q} --manifest {input.manifest} "
+        "--features {input.features} --model {input.model} --out {output} 2> {log}"
+
+
+rule evaluate:
+    """Metric tables (frame AUC/AP and more) and the score plots."""
+    input:
+        manifest="data/{dataset}/manifest.tsv",
+        scores="results/{dataset}/scores.h5",
+        model="models/{dataset}/tpwng.pt",
+    output:
+        auc="results/{dataset}_auc.json",
+        ap="results/{dataset}_ap.json",
+        table="results/{dataset}_metrics.tsv",
+        full="results/{dataset}_metrics.json",
+        curves="results/{dataset}/plots/score_curves.png",
+        roc="results/{dataset}/plots/roc_pr.png",
+    params:
+        settings=settings_json,
+    log:
+        "logs/{dataset}/evaluate.log",
+    conda:
+        ENV
+    shell:
+        "tpwng evaluate --settings {params.settings:q} --manifest {input.manifest} "
+        "--scores {input.scores} --model {input.model} --out-prefix results/{wildcards.dataset} "
+        "2> {log}"
+
+
+rule diagnostics:
+    """Pseudo-labels against truth, S_aa / S_an similarity curves, training curves."""
+    input:
+        manifest="data/{dataset}/manifest.tsv",
+        features="features/{dataset}/features.h5",
+        model="models/{dataset}/tpwng.pt",
+        log="models/{dataset}/train_log.tsv",
+    output:
+        pseudo="results/{dataset}/plots/pseudo_labels.png",
+        sims="results/{dataset}/plots/similarities.png",
+        training="results/{dataset}/plots/training.png",
+    params:
+        settings=settings_json,
+    log:
+        "logs/{dataset}/diagnostics.log",
+    threads: 2
+    conda:
+        ENV
+    shell:
+        "tpwng diagnostics --settings {params.settings:q} --manifest {input.manifest} "
+        "--features {input.features} --model {input.model} --train-log {input.log} "
+        "--out-dir results/{wildcards.dataset}/plots 2> {log}"

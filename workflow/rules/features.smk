@@ -1,0 +1,51 @@
+rule extract_shard:
+    """Decode one shard's videos and embed one frame per snippet with the frozen CLIP encoder."""
+    input:
+        "data/{dataset}/manifest.tsv",
+    output:
+        "features/{dataset}/shards/{shard}-of-{nshards}.h5",
+    params:
+        settings=settings_json,
+    log:
+        "logs/{dataset}/extract-{shard}-of-{nshards}.log",
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=240,
+    conda:
+        ENV
+    shell:
+        "tpwng extract --settings {params.settings:q} --manifest {input} "
+        "--shard {wildcards.shard} --shards {wildcards.nshards} --out {output} 2> {log}"
+
+
+rule import_released:
+    """Import released CLIP features (<video>__<crop>.npy) into a feature store."""
+    input:
+        "data/{dataset}/manifest.tsv",
+    output:
+        "features/{dataset}/released.h5",
+    params:
+        settings=settings_json,
+    log:
+        "logs/{dataset}/import_released.log",
+    conda:
+        ENV
+    shell:
+        "tpwng import-features --settings {params.settings:q} --manifest {input} "
+        "--out {output} 2> {log}"
+
+
+rule feature_view:
+    """One file that links every video's features (HDF5 external links, no copies)."""
+    input:
+        feature_inputs,
+    output:
+        "features/{dataset}/features.h5",
+    log:
+        "logs/{dataset}/feature_view.log",
+    conda:
+        ENV
+    shell:
+        "tpwng merge --out {output} {input} 2> {log}"

@@ -1,0 +1,22 @@
+rule train:
+    """Train TPWNG: prompts, NVP, pseudo-labels and classifier learned together every step."""
+    input:
+        manifest="data/{dataset}/manifest.tsv",
+        features="features/{dataset}/features.h5",
+    output:
+        model="models/{dataset}/tpwng.pt",
+        log="models/{dataset}/train_log.tsv",
+    params:
+        settings=settings_json,
+    log:
+        "logs/{dataset}/train.log",
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=120,
+    conda:
+        ENV
+    shell:
+        "tpwng train --settings {params.settings:q} --manifest {input.manifest} "
+        "--features {input.features} --out {output.model} --log {output.log} 2> {log}"
