@@ -308,7 +308,7 @@ def _folder(root: Path, train: list[str], test: list[str], ann: list[str] | None
 
 def test_folder_entries(tmp_path: Path) -> None:
     root = _folder(tmp_path, ["Normal/n1.mp4", "Road_Accidents/r1.avi", "Fire/clip.v2.mp4"],
-                   ["Normal/n2.mp4", "RoadAccidents/r2.mp4"], ["r2.mp4  RoadAccidents  3  9"])
+                   ["Normal/n2.mp4", "RoadAccidents/r2.3gp"], ["r2.3gp  RoadAccidents  3  9"])
     entries = folder_entries(root)
     assert [(e.video_id, e.split, e.classes, e.intervals, e.label) for e in entries] == [
         ("n1", "train", ["normal"], [], "normal"),

@@ -141,6 +141,7 @@ def test_every_signature_renders(tmp_path: Path) -> None:
 def test_spec_validation() -> None:
     assert class_dir_name("road accidents") == "RoadAccidents"
     for bad in (dict(classes=("juggling",)), dict(width=161), dict(min_frames=5),
-                dict(min_frames=100, max_frames=50), dict(train_normal=-1), dict(classes=())):
+                dict(min_frames=100, max_frames=50), dict(train_normal=-1), dict(classes=()),
+                dict(classes=("normal",)), dict(seed=-1)):
         with pytest.raises(ValueError):
             generate(Path("/nonexistent"), SyntheticSpec(**bad), progress=False)

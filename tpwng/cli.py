@@ -26,7 +26,7 @@ def cmd_synth(a: argparse.Namespace) -> None:
     from tpwng.synthetic import SyntheticSpec, generate
 
     s = _settings(a.settings)
-    generate(Path(a.out), SyntheticSpec(**s.get("synthetic", {})))
+    generate(Path(a.out), SyntheticSpec(**s.get("synthetic", {})), jobs=a.jobs)
 
 
 def _probe_for(settings: dict):
@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     req = {"required": True}
     settings = ("--settings", {"required": True, "help": "dataset settings as JSON"})
     manifest = ("--manifest", req)
-    add("synth", cmd_synth, "generate the synthetic dataset", settings, ("--out", req))
+    add("synth", cmd_synth, "generate the synthetic dataset", settings, ("--out", req),
+        ("--jobs", {"type": int, "default": 1}))
     add("manifest", cmd_manifest, "build a dataset manifest", settings, ("--out", req))
     add("extract", cmd_extract, "extract CLIP features of one shard", settings, manifest,
         ("--shard", {"type": int, "default": 0}), ("--shards", {"type": int, "default": 1}),

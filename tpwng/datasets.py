@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+from tpwng.video import VideoInfo
 
 NORMAL = "normal"
 UCF_CLASSES = [
@@ -77,16 +78,6 @@ class VideoEntry:
     def label(self) -> str:
         """``"normal"`` for normal videos, else ``"anomalous"``."""
         return NORMAL if self.classes == [NORMAL] else "anomalous"
-
-
-@dataclass
-class VideoInfo:
-    """What a probe reports about a video file."""
-
-    frames: int
-    fps: float
-    width: int
-    height: int
 
 
 @dataclass
@@ -236,11 +227,13 @@ def _inside(path: str, root: str) -> bool:
 class _Resolver:
     """Find listed videos below a root: at the listed relative path, else by file name."""
 
-    def __init__(self, root: str | os.PathLike[str], search: bool = True) -> None:
+    def __init__(self, root: str | os.PathLike[str], search: bool = True,
+                 require_files: bool = True) -> None:
         self.root = os.path.normpath(os.path.abspath(os.fspath(root)))
-        if not os.path.isdir(self.root):
+        self.require_files = require_files
+        if require_files and not os.path.isdir(self.root):
             raise DatasetError(f"{self.root}: dataset root is not a directory")
-        self.search = search
+        self.search = search and require_files
         self._index: dict[str, list[str]] | None = None
 
     def _build_index(self) -> dict[str, list[str]]:
@@ -266,7 +259,7 @@ class _Resolver:
         if not _inside(candidate, self.root):
             raise DatasetError(f"{list_file}: {relative} points outside the dataset root "
                                f"{self.root}")
-        if os.path.isfile(candidate):
+        if os.path.isfile(candidate) or not self.require_files:
             return candidate
         if self.search:
             if self._index is None:
@@ -299,7 +292,7 @@ def _attach_ucf_annotation(
     """Give test entries their intervals, checking the annotation against the split lists."""
     by_id = {entry.video_id: entry for entry in entries}
     for video_id, (raw_class, intervals) in annotation.items():
-        entry = by_id.get(video_id)
+        entry = by_id.get(video_id) or by_id.get(os.path.splitext(video_id)[0])
         if entry is None:
             raise DatasetError(f"{annotation_file}: annotated video {video_id} is in no split list")
         if entry.split != "test":
@@ -329,7 +322,7 @@ def _class_list_entries(
             raise DatasetError(f"{list_file}:{number}: expected '<Class>/<video file>', "
                                f"got {line!r}")
         path = resolver.resolve(relative, list_file)
-        video_id = strip_video_extension(parts[-1])
+        video_id = os.path.splitext(parts[-1])[0]
         entries.append(VideoEntry(video_id, path, split, [class_prompt_name(parts[0])], []))
     return entries
 
@@ -343,9 +336,10 @@ def ucf_entries(
     train_list: str | os.PathLike[str] = UCF_TRAIN_LIST,
     test_list: str | os.PathLike[str] = UCF_TEST_LIST,
     annotation: str | os.PathLike[str] = UCF_ANNOTATION,
+    require_files: bool = True,
 ) -> list[VideoEntry]:
     """UCF-Crime entries (train list order, then test list order) for videos below ``root``."""
-    resolver = _Resolver(root)
+    resolver = _Resolver(root, require_files=require_files)
     entries = (_class_list_entries(train_list, "train", resolver)
                + _class_list_entries(test_list, "test", resolver))
     _check_unique(entries, "UCF-Crime")
@@ -383,9 +377,10 @@ def xd_entries(
     train_list: str | os.PathLike[str] = XD_TRAIN_LIST,
     test_list: str | os.PathLike[str] = XD_TEST_LIST,
     annotation: str | os.PathLike[str] = XD_ANNOTATION,
+    require_files: bool = True,
 ) -> list[VideoEntry]:
     """XD-Violence entries (train, then test in list order) for ``<id>.mp4`` files below root."""
-    resolver = _Resolver(root)
+    resolver = _Resolver(root, require_files=require_files)
     entries = []
     for split, list_file in (("train", train_list), ("test", test_list)):
         for video_id in _xd_list_names(list_file):
@@ -413,10 +408,10 @@ def xd_entries(
     return entries
 
 
-def folder_entries(root: str | os.PathLike[str]) -> list[VideoEntry]:
+def folder_entries(root: str | os.PathLike[str], require_files: bool = True) -> list[VideoEntry]:
     """Entries of the generic folder format (see the module docstring)."""
     root = Path(root)
-    resolver = _Resolver(root / "videos", search=False)
+    resolver = _Resolver(root / "videos", search=False, require_files=require_files)
     entries = (_class_list_entries(root / "train.txt", "train", resolver)
                + _class_list_entries(root / "test.txt", "test", resolver))
     _check_unique(entries, str(root))
@@ -429,14 +424,18 @@ def folder_entries(root: str | os.PathLike[str]) -> list[VideoEntry]:
     return entries
 
 
-def entries_for(fmt: str, root: str | os.PathLike[str]) -> list[VideoEntry]:
-    """Entries of a dataset in format ``fmt`` (``ucf``, ``xd``, ``folder`` or ``synthetic``)."""
+def entries_for(fmt: str, root: str | os.PathLike[str],
+                require_files: bool = True) -> list[VideoEntry]:
+    """Entries of a dataset in format ``fmt`` (``ucf``, ``xd``, ``folder`` or ``synthetic``).
+
+    ``require_files=False`` lists the videos without looking for them (released features).
+    """
     if fmt == "ucf":
-        return ucf_entries(root)
+        return ucf_entries(root, require_files=require_files)
     if fmt == "xd":
-        return xd_entries(root)
+        return xd_entries(root, require_files=require_files)
     if fmt in ("folder", "synthetic"):
-        return folder_entries(root)
+        return folder_entries(root, require_files=require_files)
     raise DatasetError(f"unknown dataset format {fmt!r}; expected one of {', '.join(FORMATS)}")
 
 
@@ -455,7 +454,7 @@ def build_manifest(
         info = probe(entry.path)
         if info.frames <= 0:
             raise DatasetError(f"{entry.path}: video {entry.video_id} has no frames")
-        if not (math.isfinite(info.fps) and info.fps > 0):
+        if not (math.isnan(info.fps) or (math.isfinite(info.fps) and info.fps > 0)):
             raise DatasetError(f"{entry.path}: video {entry.video_id} has invalid fps {info.fps}")
         for start, end in entry.intervals:
             if not 0 <= start < end <= info.frames:

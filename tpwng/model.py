@@ -179,7 +179,8 @@ class TPWNG(nn.Module):
         """Cosine similarities ``[B, T, k]`` of snippets to the texts (DESIGN 1); padded → 0."""
         x = self._features(x)
         text = self.text_embeddings() if text is None else text
-        s = F.normalize(x, dim=-1) @ F.normalize(text.to(x.dtype), dim=-1).T
+        with _full_precision(x):
+            s = F.normalize(x.float(), dim=-1) @ F.normalize(text.float(), dim=-1).T
         return s.masked_fill(~_valid(x, mask).unsqueeze(-1), 0.0)
 
     def _anomalous_similarities(
@@ -188,9 +189,12 @@ class TPWNG(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """S_an, S_aa (max over the true classes), all anomaly similarities and φaa's mask."""
         s_all = self.similarities(xa, mask_a, text[1:])  # [Ba, T, k-1]
-        s_an = torch.einsum(
-            "btd,bd->bt", F.normalize(xa, dim=-1), F.normalize(t_normal_pairs, dim=-1)
-        ).masked_fill(~mask_a, 0.0)
+        with _full_precision(xa):
+            s_an = torch.einsum(
+                "btd,bd->bt",
+                F.normalize(xa.float(), dim=-1),
+                F.normalize(t_normal_pairs.float(), dim=-1),
+            ).masked_fill(~mask_a, 0.0)
         if labels_a.shape != (xa.shape[0], self.num_classes):
             raise ValueError(
                 f"labels_a must be [{xa.shape[0]}, {self.num_classes}] (multi-hot over all "
@@ -319,6 +323,12 @@ class TPWNG(nn.Module):
         """Stored features (possibly float16) in the model's dtype and device."""
         ref = self.classifier.fc.weight
         return x.to(device=ref.device, dtype=ref.dtype)
+
+
+def _full_precision(x: torch.Tensor) -> torch.autocast:
+    """Similarities in float32 even under autocast: min-max normalisation and the pseudo-label
+    threshold resolve differences of cosines that half precision rounds away."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
 
 
 def _valid(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -49,11 +49,14 @@ class SyntheticSpec:
     max_frames: int = 480
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        self.classes = tuple(self.classes)  # a YAML list is fine too
+
     def validate(self) -> None:
         """Raise ValueError on an unusable spec."""
         counts = (self.train_normal, self.train_per_class, self.test_normal, self.test_per_class)
-        if min(counts) < 0:
-            raise ValueError("synthetic video counts must be >= 0")
+        if min(counts) < 0 or self.seed < 0:
+            raise ValueError("synthetic video counts and seed must be >= 0")
         if not self.classes or len(set(self.classes)) != len(self.classes):
             raise ValueError("synthetic classes must be a non-empty list without repeats")
         unknown = [c for c in self.classes if c not in SIGNATURES]
@@ -142,7 +145,7 @@ def _robbery(frame: np.ndarray, t: int, p: dict, grid: Grid, rng: np.random.Gene
 
 
 def _vandalism_setup(rng: np.random.Generator, w: int, h: int) -> dict:
-    rw, rh = int(0.6 * w), int(0.62 * h)
+    rw, rh = int(0.62 * w), int(0.66 * h)
     return {"x0": int(rng.integers(0, w - rw + 1)), "y0": int(rng.integers(0, h - rh + 1)),
             "rw": rw, "rh": rh, "slope": rng.choice([-1, 0, 1])}
 
@@ -153,7 +156,7 @@ def _vandalism(frame: np.ndarray, t: int, p: dict, grid: Grid, rng: np.random.Ge
     sub_y, sub_x = yy[y0:y0 + rh, x0:x0 + rw], xx[y0:y0 + rh, x0:x0 + rw]
     stripe = ((sub_x + p["slope"] * sub_y + 3 * t) // 6).astype(np.int64)
     stripe -= stripe.min()
-    lit = rng.random(int(stripe.max()) + 2) < 0.8  # flicker: each stripe on or off
+    lit = rng.random(int(stripe.max()) + 1) < 0.85  # flicker: each stripe on or off
     colours = np.array([(30, 240, 40), (240, 30, 230)], np.float32)
     region = frame[y0:y0 + rh, x0:x0 + rw]
     on = lit[stripe]

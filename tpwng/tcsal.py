@@ -119,14 +119,17 @@ class AdaptiveSpanAttention(nn.Module):
         q0: int,
         k0: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eq. 9 for queries at ``q0 + i`` against keys at ``k0 + j``."""
+        """Eq. 9 for queries at ``q0 + i`` against keys at ``k0 + j``.
+
+        Distances, the mask and the weights are computed in float32 (exact integer distances and
+        stable weights under mixed precision).
+        """
         tq = torch.arange(q0, q0 + q.shape[2], device=q.device)
         tk = torch.arange(k0, k0 + k.shape[2], device=q.device)
-        h = (tq[:, None] - tk[None, :]).to(z.dtype)  # [Tq, Tk]
+        h = (tq[:, None] - tk[None, :]).float()  # [Tq, Tk]
         allowed = (h >= 0)[None, None] & key_valid[:, None, None, :]  # causal, unpadded keys
-        chi = soft_mask(z.unsqueeze(-1), h, self.R) * allowed  # [B, H, Tq, Tk]
-        beta = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
-        beta = beta.to(chi.dtype)
+        chi = soft_mask(z.float().unsqueeze(-1), h, self.R) * allowed  # [B, H, Tq, Tk]
+        beta = (q @ k.transpose(-1, -2)).float() / math.sqrt(self.head_dim)
         live = chi > 0
         # Stabilise by the largest logit among keys that carry weight (the result is invariant).
         top = beta.masked_fill(~live, float("-inf")).amax(-1, keepdim=True).detach()

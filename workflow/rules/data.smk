@@ -9,10 +9,12 @@ rule synthesize:
         settings=settings_json,
     log:
         "logs/{dataset}/synthesize.log",
+    threads: 2
     conda:
         ENV
     shell:
-        "tpwng synth --settings {params.settings:q} --out data/{wildcards.dataset}/raw 2> {log}"
+        "tpwng synth --settings {params.settings:q} --out data/{wildcards.dataset}/raw "
+        "--jobs {threads} 2> {log}"
 
 
 rule manifest:
