@@ -29,7 +29,7 @@ def expected_store_provenance(settings: dict) -> dict:
 
 
 def save_checkpoint(model: torch.nn.Module, meta: dict, path: str | Path) -> None:
-    state = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+    state = {n: t.detach().cpu().clone() for n, t in model.trainable_state_dict().items()}
     with atomic_path(path) as tmp:
         torch.save({"format": FORMAT, "meta": meta, "state": state}, tmp)
 
@@ -62,12 +62,9 @@ def check_against_settings(ckpt: dict, settings: dict, path: str | Path) -> None
 
 
 def load_into(model: torch.nn.Module, ckpt: dict, path: str | Path) -> None:
-    """Load the trainable weights; every saved tensor must find its place."""
-    result = model.load_state_dict(ckpt["state"], strict=False)
-    if result.unexpected_keys:
-        raise CheckpointError(f"{path}: weights {result.unexpected_keys[:5]} do not fit the model "
-                              "built from this config")
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    missing = sorted(trainable - set(ckpt["state"]))
-    if missing:
-        raise CheckpointError(f"{path}: checkpoint lacks weights {missing[:5]}")
+    """Load the saved weights; every saved tensor must find its place and none may be missing."""
+    try:
+        model.load_trainable_state_dict(ckpt["state"])
+    except (KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: weights do not fit the model built from this config "
+                              f"({exc})") from exc

@@ -58,6 +58,9 @@ class ModelConfig:
     use_cl: bool = True
     use_smooth: bool = True
     use_sparse: bool = True
+    # Ours: standardise features per dimension with training-set statistics before the temporal
+    # module (CLIP features share a large common component); similarities use raw features.
+    standardize_features: bool = True
 
     def __post_init__(self) -> None:
         if self.nvp not in NVP_MODES:
@@ -119,6 +122,8 @@ class TPWNG(nn.Module):
             span_scale=cfg.span_scale, ff_dim=cfg.ff_dim, dropout=cfg.dropout,
         )
         self.classifier = Classifier(dim)
+        self.register_buffer("feat_mean", torch.zeros(dim))
+        self.register_buffer("feat_std", torch.ones(dim))
         with torch.no_grad():
             out_dim = self.text_embeddings().shape[-1]
         if out_dim != dim:
@@ -157,6 +162,12 @@ class TPWNG(nn.Module):
             raise KeyError(f"checkpoint does not fit the model: missing {missing}, "
                            f"unexpected {list(unexpected)}")
 
+    @torch.no_grad()
+    def set_feature_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Per-dimension statistics of the training features (used when standardising)."""
+        self.feat_mean.copy_(mean)
+        self.feat_std.copy_(std.clamp_min(1e-6))
+
     # -- forward paths ---------------------------------------------------------------------
 
     def text_embeddings(self) -> torch.Tensor:
@@ -170,6 +181,8 @@ class TPWNG(nn.Module):
         """
         x = self._features(x)
         valid = _valid(x, mask)
+        if self.cfg.standardize_features:
+            x = (x - self.feat_mean.to(x.dtype)) / self.feat_std.to(x.dtype)
         eta = self.classifier(self.temporal(x, valid))
         return eta.masked_fill(~valid, 0.0)
 

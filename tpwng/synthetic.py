@@ -154,10 +154,11 @@ def _vandalism(frame: np.ndarray, t: int, p: dict, grid: Grid, rng: np.random.Ge
     yy, xx = grid
     x0, y0, rw, rh = p["x0"], p["y0"], p["rw"], p["rh"]
     sub_y, sub_x = yy[y0:y0 + rh, x0:x0 + rw], xx[y0:y0 + rh, x0:x0 + rw]
-    stripe = ((sub_x + p["slope"] * sub_y + 3 * t) // 6).astype(np.int64)
+    # wide stripes (wider than a ViT patch) in two saturated greens that do not average to grey
+    stripe = ((sub_x + p["slope"] * sub_y + 3 * t) // 20).astype(np.int64)
     stripe -= stripe.min()
     lit = rng.random(int(stripe.max()) + 1) < 0.85  # flicker: each stripe on or off
-    colours = np.array([(30, 240, 40), (240, 30, 230)], np.float32)
+    colours = np.array([(30, 240, 40), (20, 200, 255)], np.float32)
     region = frame[y0:y0 + rh, x0:x0 + rw]
     on = lit[stripe]
     region[on] = colours[(stripe[on] + t) % 2]

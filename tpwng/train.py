@@ -66,6 +66,13 @@ def load_train_videos(settings: dict, manifest: Path, features: Path) -> list[Tr
     return videos
 
 
+def feature_stats(videos: list[TrainVideo]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and std over every snippet and crop of the training videos."""
+    flat = np.concatenate([v.features.reshape(-1, v.features.shape[-1]) for v in videos])
+    flat = flat.astype(np.float64)
+    return torch.from_numpy(flat.mean(0)).float(), torch.from_numpy(flat.std(0)).float()
+
+
 def _batch(videos: list[TrainVideo], idx, rng: np.random.Generator, device):
     seqs = []
     for i in idx:
@@ -130,7 +137,9 @@ def train(settings: dict, manifest: Path, features: Path, out: Path, log_path: P
     clip_model, identity = load_clip(spec)
     cfg = ModelConfig.from_dict(settings["model"])
     dim = int(videos[0].features.shape[-1])
-    model = TPWNG(clip_model, classes, cfg, dim=dim).to(device)
+    model = TPWNG(clip_model, classes, cfg, dim=dim)
+    model.set_feature_stats(*feature_stats(videos))
+    model = model.to(device)
     params = list(model.trainable_parameters())
     opt = torch.optim.Adam(params, lr=float(tr["lr"]), weight_decay=float(tr["weight_decay"]))
 
