@@ -112,6 +112,43 @@ def cmd_diagnostics(a: argparse.Namespace) -> None:
                 Path(a.train_log), Path(a.out_dir))
 
 
+def _bench_videos(a: argparse.Namespace) -> list[Path]:
+    if a.videos:
+        found = []
+        for v in a.videos:
+            p = Path(v)
+            found += sorted(q for q in p.rglob("*") if q.suffix.lower() in (".mp4", ".avi",
+                            ".mkv", ".mov")) if p.is_dir() else [p]
+        return found
+    from tpwng.synthetic import SyntheticSpec, generate
+
+    root = Path(a.workdir) / "bench-videos"
+    if not (root / "test.txt").exists():
+        generate(root, SyntheticSpec(train_normal=a.generate, train_per_class=1, test_normal=1,
+                                     test_per_class=1, width=320, height=240,
+                                     min_frames=a.frames, max_frames=a.frames), jobs=2)
+    return sorted((root / "videos").rglob("*.mp4"))
+
+
+def cmd_bench(a: argparse.Namespace) -> None:
+    import socket
+
+    from tpwng.bench import bench_extract, bench_train
+    from tpwng.clip_backbone import ClipSpec
+    from tpwng.features import ExtractionSettings
+
+    spec = ClipSpec(a.model, a.pretrained, 0)
+    host = socket.gethostname()
+    if a.what == "extract":
+        settings = ExtractionSettings(batch_size=a.batch_size, decode_workers=a.workers,
+                                      crop_mode=a.crop_mode, precision=a.precision)
+        out = Path(a.out or f"benchmarks/extract-{host}-{a.crop_mode}.json")
+        bench_extract(_bench_videos(a), spec, settings, out, baseline=not a.no_baseline)
+    else:
+        out = Path(a.out or f"benchmarks/train-{host}.json")
+        bench_train(a.n_videos, spec, a.epochs, a.train_batch, out=out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tpwng", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -146,6 +183,24 @@ def build_parser() -> argparse.ArgumentParser:
     add("diagnostics", cmd_diagnostics, "pseudo-label, similarity and training plots", settings,
         manifest, ("--features", req), ("--model", req), ("--train-log", req),
         ("--out-dir", req))
+    b = sub.add_parser("bench", help="benchmarks: extraction rates, training speed")
+    b.add_argument("what", choices=["extract", "train"])
+    b.add_argument("videos", nargs="*", help="videos or folders (default: a generated set)")
+    b.add_argument("--model", default="ViT-B-16")
+    b.add_argument("--pretrained", default="none", help="none: random weights (speed only)")
+    b.add_argument("--batch-size", type=int, default=256)
+    b.add_argument("--workers", type=int, default=2)
+    b.add_argument("--crop-mode", default="center", choices=["center", "tencrop"])
+    b.add_argument("--precision", default="auto")
+    b.add_argument("--generate", type=int, default=8, help="generated videos when none given")
+    b.add_argument("--frames", type=int, default=1500, help="frames per generated video")
+    b.add_argument("--workdir", default="benchmarks")
+    b.add_argument("--no-baseline", action="store_true")
+    b.add_argument("--n-videos", type=int, default=1610)
+    b.add_argument("--epochs", type=int, default=2)
+    b.add_argument("--train-batch", type=int, default=32)
+    b.add_argument("--out")
+    b.set_defaults(func=cmd_bench)
     return p
 
 

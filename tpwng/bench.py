@@ -1,0 +1,185 @@
+"""Benchmarks that print figures: extraction rates (issue: hardware limit) and training speed.
+
+`tpwng bench extract` measures in one run, on given videos or a generated set: the decode-only
+rate with the same workers, the encoder-only rate at the configured batch and precision, the
+end-to-end rate of the extraction stage, and a peer-style baseline (every frame decoded, each
+sampled frame preprocessed through PIL one at a time, the encoder run per video).
+`tpwng bench train` measures seconds per epoch on a UCF-sized set of random features.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import socket
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from tpwng.clip_backbone import ClipSpec, load_clip
+from tpwng.features import ExtractionSettings, ImageEncoder, _DecodeStream, extract, plan_jobs
+from tpwng.video import probe_video
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _rows(videos: list[Path]) -> list[SimpleNamespace]:
+    rows = []
+    for p in videos:
+        info = probe_video(p)
+        rows.append(SimpleNamespace(video_id=p.stem, path=str(p), frames=info.frames,
+                                    fps=info.fps))
+    return rows
+
+
+def decode_only(rows, settings: ExtractionSettings) -> float:
+    """Video frames per second of decoding (sampled frames) with the configured workers."""
+    from torch.utils.data import DataLoader
+
+    jobs = plan_jobs(rows, settings)
+    loader = DataLoader(_DecodeStream(jobs, settings.decode_chunk), batch_size=None,
+                        num_workers=settings.decode_workers)
+    t0 = time.perf_counter()
+    for _ in loader:
+        pass
+    return sum(r.frames for r in rows) / (time.perf_counter() - t0)
+
+
+def encode_only(encoder: ImageEncoder, settings: ExtractionSettings, seconds: float = 5.0) -> float:
+    """Images per second through preprocessing-free encoding at the configured batch size."""
+    per = max(1, settings.batch_size // encoder.crops)
+    x = torch.randn(per, encoder.crops, 3, 224, 224, device=encoder.device, dtype=encoder.dtype)
+    encoder.encode(x)  # warm-up
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        encoder.encode(x)
+        n += per * encoder.crops
+    if encoder.device.type == "cuda":
+        torch.cuda.synchronize()
+    return n / (time.perf_counter() - t0)
+
+
+def peer_baseline(rows, spec: ClipSpec, settings: ExtractionSettings) -> float:
+    """Video frames/s of the common script style: decode every frame, PIL per frame, per video."""
+    import decord
+    import open_clip
+    from PIL import Image
+
+    model, _ = load_clip(spec)
+    device = ImageEncoder(model, settings).device
+    model = model.to(device)
+    pil = open_clip.image_transform(224, is_train=False)
+    total, t0 = 0, time.perf_counter()
+    for r in rows:
+        vr = decord.VideoReader(r.path)
+        frames = [vr[i].asnumpy() for i in range(len(vr))]  # every frame
+        sampled = frames[settings.stride // 2 :: settings.stride]
+        batch = torch.stack([pil(Image.fromarray(f)) for f in sampled]).to(device)
+        with torch.no_grad():
+            model.encode_image(batch)
+        total += r.frames
+    return total / (time.perf_counter() - t0)
+
+
+def bench_extract(videos: list[Path], spec: ClipSpec, settings: ExtractionSettings,
+                  out: Path | None, baseline: bool = True) -> dict:
+    rows = _rows(videos)
+    model, _ = load_clip(spec)
+    encoder = ImageEncoder(model, settings)
+    result: dict = {
+        "host": socket.gethostname(), "machine": platform.processor() or platform.machine(),
+        "device": str(encoder.device), "model": spec.model, "precision": str(encoder.dtype),
+        "crop_mode": settings.crop_mode, "batch_size": settings.batch_size,
+        "decode_workers": settings.decode_workers, "videos": len(rows),
+        "video_frames": sum(r.frames for r in rows), "stride": settings.stride,
+        "torch_threads": torch.get_num_threads(),
+    }
+    result["decode_fps"] = decode_only(rows, settings)
+    imgs = encode_only(encoder, settings)
+    result["encode_images_per_s"] = imgs
+    result["encode_equiv_fps"] = imgs * settings.stride / encoder.crops
+    tmp = Path(out.parent if out else ".") / ".bench-store.h5"
+    stats = extract(rows, tmp, spec, settings, dataset="bench", progress=False)
+    tmp.unlink(missing_ok=True)
+    result["end_to_end_fps"] = stats["video_frames"] / stats["seconds"]
+    result["end_to_end_crops_per_s"] = stats["snippets"] * encoder.crops / stats["seconds"]
+    ceiling = min(result["decode_fps"], result["encode_equiv_fps"])
+    result["ratio_to_ceiling"] = result["end_to_end_fps"] / ceiling
+    result["ratio_to_decode"] = result["end_to_end_fps"] / result["decode_fps"]
+    result["ratio_to_encode"] = result["end_to_end_fps"] / result["encode_equiv_fps"]
+    if baseline:
+        result["peer_baseline_fps"] = peer_baseline(rows, spec, settings)
+        result["speedup_over_peer"] = result["end_to_end_fps"] / result["peer_baseline_fps"]
+    result["peak_rss_mb"] = peak_rss_mb()
+    _report(result, out)
+    return result
+
+
+def bench_train(n_videos: int, spec: ClipSpec, epochs: int, batch: int, seed: int = 0,
+                out: Path | None = None, device: str = "auto") -> dict:
+    """Seconds per epoch of TPWNG on random features with UCF-Crime-like lengths."""
+    from tpwng.features import resolve_device
+    from tpwng.model import TPWNG, ModelConfig
+    from tpwng.sequences import TrainVideo, cap_length
+    from tpwng.train import _batch, _labels, feature_stats
+
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    # UCF-Crime: 13.8 M frames over 1,900 videos, lengths spread over two orders of magnitude
+    snippets = np.clip(rng.lognormal(mean=np.log(300), sigma=1.0, size=n_videos), 8, 6000)
+    classes = ["normal", "abuse", "arrest", "arson", "assault", "burglary", "explosion",
+               "fighting", "road accidents", "robbery", "shooting", "shoplifting", "stealing",
+               "vandalism"]
+    videos = []
+    for i, s in enumerate(snippets.astype(int)):
+        c = "normal" if i % 2 == 0 else classes[1 + (i // 2) % 13]
+        f = rng.normal(size=(s, 1, 512)).astype(np.float16)
+        videos.append(TrainVideo(f"v{i}", cap_length(f), [c], s * 16, s))
+    dev = resolve_device(device)
+    clip_model, _ = load_clip(spec)
+    model = TPWNG(clip_model, classes, ModelConfig(), dim=512)
+    model.set_feature_stats(*feature_stats(videos[:200]))
+    model = model.to(dev)
+    opt = torch.optim.Adam(model.trainable_parameters(), lr=1e-3, weight_decay=0.005)
+    normal = [v for v in videos if v.normal]
+    anomalous = [v for v in videos if not v.normal]
+    from tpwng.sequences import epoch_batches
+
+    times = []
+    for _ in range(epochs):
+        t0 = time.perf_counter()
+        for idx_n, idx_a in epoch_batches(len(normal), len(anomalous), batch, batch, rng):
+            xn, mn = _batch(normal, idx_n, rng, dev)
+            xa, ma = _batch(anomalous, idx_a, rng, dev)
+            loss, _, _ = model.training_step(xn, mn, xa, ma, _labels(anomalous, idx_a, classes,
+                                                                    dev))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    result = {"host": socket.gethostname(), "device": str(dev), "model": spec.model,
+              "videos": n_videos, "batch": f"{batch}+{batch}", "epochs_timed": epochs,
+              "seconds_per_epoch": float(np.median(times)), "all_epochs": times,
+              "torch_threads": torch.get_num_threads(), "peak_rss_mb": peak_rss_mb()}
+    _report(result, out)
+    return result
+
+
+def _report(result: dict, out: Path | None) -> None:
+    width = max(len(k) for k in result)
+    for k, v in result.items():
+        v = f"{v:,.3f}" if isinstance(v, float) else v
+        print(f"{k:<{width}}  {v}", file=sys.stdout)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"written {out}")
