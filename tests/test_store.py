@@ -20,7 +20,8 @@ def _write(path, videos, prov=PROV):
 
 def test_round_trip_and_provenance(tmp_path):
     rng = np.random.default_rng(0)
-    vids = {"a": rng.normal(size=(5, 1, 8)), "v=S-7rRLrxnVQ__#1_label_B4-0-0": rng.normal(size=(3, 1, 8))}
+    vids = {"a": rng.normal(size=(5, 1, 8)),
+            "v=S-7rRLrxnVQ__#1_label_B4-0-0": rng.normal(size=(3, 1, 8))}
     _write(tmp_path / "s.h5", vids)
     with FeatureStore(tmp_path / "s.h5") as s:
         assert sorted(s.video_ids()) == sorted(vids)

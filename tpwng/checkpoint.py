@@ -58,7 +58,8 @@ def check_against_settings(ckpt: dict, settings: dict, path: str | Path) -> None
                 f"for {want[key]!r}")
     classes = list(settings.get("classes") or meta["classes"])
     if classes != meta["classes"]:
-        raise CheckpointError(f"{path}: trained for classes {meta['classes']}, config has {classes}")
+        raise CheckpointError(
+            f"{path}: trained for classes {meta['classes']}, config has {classes}")
 
 
 def load_into(model: torch.nn.Module, ckpt: dict, path: str | Path) -> None:

@@ -75,7 +75,7 @@ def weights_identity(spec: ClipSpec) -> str:
 
 
 def load_clip(spec: ClipSpec, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, str]:
-    """Create the open_clip model for `spec`, frozen and in eval mode; return it with its identity."""
+    """The open_clip model for `spec`, frozen and in eval mode, with its weights identity."""
     identity = weights_identity(spec)
     if spec.model not in open_clip.list_models():
         raise ClipWeightsError(f"unknown CLIP model {spec.model!r} in clip.model")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+
 from tpwng.video import VideoInfo
 
 NORMAL = "normal"

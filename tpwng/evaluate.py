@@ -7,7 +7,6 @@ import logging
 import subprocess
 from pathlib import Path
 
-
 from tpwng import __version__
 from tpwng.checkpoint import load_checkpoint
 from tpwng.config import settings_hash

@@ -50,7 +50,8 @@ def preprocess(frames: torch.Tensor, mode: str = "center", size: int = 224) -> t
     if mode == "tencrop":
         x = TF.resize(x, list(TENCROP_SIZE), interpolation=InterpolationMode.BICUBIC,
                       antialias=True)
-        crops = [x[:, :, t : t + size, l : l + size] for t, l in tencrop_boxes(*TENCROP_SIZE, size)]
+        boxes = tencrop_boxes(*TENCROP_SIZE, size)
+        crops = [x[:, :, top : top + size, left : left + size] for top, left in boxes]
         crops += [c.flip(-1) for c in crops]
         return _normalize(torch.stack(crops, dim=1))
     raise ValueError(f"crop mode must be one of {sorted(CROP_MODES)}, got {mode!r}")

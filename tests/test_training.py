@@ -1,0 +1,128 @@
+"""Sequences, training determinism, checkpoints and the store/config checks of the trainer."""
+
+import numpy as np
+import pytest
+import torch
+
+from tpwng.checkpoint import load_checkpoint
+from tpwng.datasets import ManifestRow, write_manifest
+from tpwng.errors import CheckpointError
+from tpwng.inference import load_model
+from tpwng.sequences import cap_length, epoch_batches, pad_batch, snippet_truth
+from tpwng.store import StoreError, StoreWriter
+from tpwng.train import train
+
+
+def test_cap_length_averages_uniform_bins():
+    x = np.arange(10, dtype=np.float32).reshape(10, 1)
+    got = cap_length(x, 4)
+    # independent: bins [0,2.5)->[0,1,2]? edges round(linspace(0,10,5)) = 0,2,5,8,10
+    ref = [np.mean([0, 1]), np.mean([2, 3, 4]), np.mean([5, 6, 7]), np.mean([8, 9])]
+    np.testing.assert_allclose(got[:, 0], ref)
+    assert cap_length(x, 10) is x and cap_length(x, 20) is x
+    big = np.random.default_rng(0).normal(size=(1000, 3, 4)).astype(np.float16)
+    capped = cap_length(big, 256)
+    assert capped.shape == (256, 3, 4) and capped.dtype == np.float16
+    np.testing.assert_allclose(capped.astype(np.float64).mean(), big.astype(np.float64).mean(),
+                               atol=1e-2)
+
+
+def test_pad_batch_masks():
+    x, m = pad_batch([np.ones((3, 2)), np.ones((5, 2))])
+    assert x.shape == (2, 5, 2) and m.tolist() == [[1, 1, 1, 0, 0], [1] * 5]
+    assert x[0, 3:].abs().sum() == 0
+
+
+def test_epoch_batches_cover_the_larger_group_once():
+    rng = np.random.default_rng(0)
+    batches = epoch_batches(10, 25, 4, 4, rng)
+    assert len(batches) == 7
+    anomalous = np.concatenate([a for _, a in batches])
+    assert set(anomalous[:25]) == set(range(25))
+    assert all(len(n) == 4 and len(a) == 4 for n, a in batches)
+    small = epoch_batches(2, 3, 32, 32, rng)
+    assert [(len(n), len(a)) for n, a in small] == [(2, 3)]
+
+
+def test_snippet_truth_majority_then_capped():
+    labels = np.zeros(100, dtype=np.uint8)
+    labels[20:60] = 1  # snippets of 16: [0,16) 0, [16,32) 12/16, [32,48) 1, [48,64) 12/16
+    assert snippet_truth(labels, 16, 256).tolist() == [0, 1, 1, 1, 0, 0, 0]
+
+
+def _toy_dataset(tmp_path, prov_model="tpwng-tiny-ViT-B-16", n=6, stride=16):
+    rng = np.random.default_rng(0)
+    rows = []
+    prov = {"model": prov_model, "weights": "random-init:seed=0", "stride": stride,
+            "sample": "center", "crop_mode": "center", "dim": 512}
+    with StoreWriter(tmp_path / "f.h5", prov) as w:
+        for i in range(n):
+            for split in ("train", "test"):
+                normal = i % 2 == 0
+                t = int(rng.integers(5, 40))
+                feats = rng.normal(size=(t, 1, 512)) + (0 if normal else 0.5)
+                vid = f"{split}{i}"
+                w.add(vid, feats)
+                iv = [] if normal or split == "train" else [(16, 16 * t - 1)]
+                rows.append(ManifestRow(vid, f"/x/{vid}.mp4", split,
+                                        ["normal"] if normal else ["fighting"], iv,
+                                        16 * t, 25.0, 32, 32))
+    write_manifest(rows, tmp_path / "m.tsv")
+    return tmp_path / "m.tsv", tmp_path / "f.h5"
+
+
+def _settings(epochs=2):
+    return {
+        "name": "toy", "format": "folder", "root": None, "classes": ["normal", "fighting"],
+        "clip": {"model": "tpwng-tiny-ViT-B-16", "pretrained": "none", "seed": 0},
+        "extraction": {"stride": 16, "sample": "center", "crop_mode": "center",
+                       "source": "extract"},
+        "model": {"ff_dim": 128, "layers": 2},
+        "train": {"lr": 1e-3, "weight_decay": 0.005, "epochs": epochs, "batch_normal": 2,
+                  "batch_anomalous": 2, "max_seq_len": 16, "test_crop": 0, "seed": 3,
+                  "device": "cpu", "threads": 1},
+        "evaluate": {"threshold": 0.5, "plot_videos": 2},
+    }
+
+
+def test_training_is_deterministic_and_checkpoints_load_weights_only(tmp_path):
+    manifest, feats = _toy_dataset(tmp_path)
+    s = _settings()
+    train(s, manifest, feats, tmp_path / "a.pt", tmp_path / "a.tsv")
+    train(s, manifest, feats, tmp_path / "b.pt", tmp_path / "b.tsv")
+    a, b = load_checkpoint(tmp_path / "a.pt"), load_checkpoint(tmp_path / "b.pt")
+    assert a["state"].keys() == b["state"].keys()
+    for k in a["state"]:
+        assert torch.equal(a["state"][k], b["state"][k]), k
+    assert a["meta"]["clip"]["weights"] == "random-init:seed=0"
+    assert (tmp_path / "a.tsv").read_text().count("\n") == 3  # header + 2 epochs
+    model, meta = load_model(tmp_path / "a.pt", s)
+    x = torch.randn(1, 7, 512)
+    s1 = model.score(x, torch.ones(1, 7, dtype=torch.bool))
+    assert s1.shape == (1, 7) and torch.all((s1 >= 0) & (s1 <= 1))
+    # the frozen CLIP text tower is not stored in the checkpoint
+    assert not any("transformer.resblocks" in k and "temporal" not in k for k in a["state"])
+
+
+def test_trainer_refuses_a_store_of_another_model(tmp_path):
+    manifest, feats = _toy_dataset(tmp_path, prov_model="ViT-B-16")
+    with pytest.raises(StoreError, match="model='ViT-B-16'.*tpwng-tiny-ViT-B-16"):
+        train(_settings(1), manifest, feats, tmp_path / "a.pt", tmp_path / "a.tsv")
+    assert not (tmp_path / "a.pt").exists()
+
+
+def test_checkpoint_from_another_config_is_refused(tmp_path):
+    manifest, feats = _toy_dataset(tmp_path)
+    s = _settings(1)
+    train(s, manifest, feats, tmp_path / "a.pt", tmp_path / "a.tsv")
+    other = _settings(1) | {"classes": ["normal", "fighting", "riot"]}
+    with pytest.raises(CheckpointError, match="classes"):
+        load_model(tmp_path / "a.pt", other)
+    stride = _settings(1)
+    stride["extraction"] = stride["extraction"] | {"stride": 8}
+    with pytest.raises(CheckpointError, match="stride"):
+        load_model(tmp_path / "a.pt", stride)
+    arch = _settings(1)
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="bad.pt"):
+        load_model(tmp_path / "bad.pt", arch)
