@@ -28,3 +28,14 @@ def tiny_clip():
 
     model, identity = load_clip(ClipSpec("tpwng-tiny-ViT-B-16", "none", 0))
     return model, identity
+
+
+@pytest.fixture(scope="session")
+def tiny_local_run(tmp_path_factory) -> Path:
+    """The whole synthetic DAG, tiny settings, run locally once per session."""
+    from tests.dag import snakemake, tiny_config
+
+    d = tmp_path_factory.mktemp("tiny-local")
+    out = snakemake("--cores", "2", cwd=d, config=tiny_config(d), timeout=1200)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return d

@@ -3,41 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.conftest import REPO
+from tests.dag import job_counts, snakemake, tiny_config
 
-BIN = Path(sys.executable).parent
 UCF_LISTS = REPO / "tpwng" / "resources" / "ucf_crime"
-
-
-def snakemake(*args: str, cwd: Path | None = None, config: Path | None = None,
-              timeout: int = 900) -> subprocess.CompletedProcess:
-    env = os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
-    cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile")]
-    if cwd is not None:
-        cmd += ["--directory", str(cwd)]
-    if config is not None:
-        cmd += ["--configfile", str(config)]
-    return subprocess.run(cmd + list(args), cwd=cwd or REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def job_counts(dry_run_output: str) -> dict[str, int]:
-    """Rule -> job count from the table a dry run prints."""
-    counts = {}
-    for line in dry_run_output.splitlines():
-        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-        if m and m.group(1) != "total":
-            counts[m.group(1)] = int(m.group(2))
-    return counts
 
 
 def test_lint_is_clean():
@@ -112,24 +86,6 @@ def test_bad_config_is_the_schema_message(tmp_path):
     assert "'fivecrop' is not one of ['center', 'tencrop']" in text and "Traceback" not in text
 
 
-TINY = {
-    "train_normal": 6, "train_per_class": 2, "test_normal": 3, "test_per_class": 1,
-    "min_frames": 64, "max_frames": 128, "seed": 1,
-}
-
-
-def tiny_config(tmp_path: Path, epochs: int = 2) -> Path:
-    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
-    syn = cfg["datasets"]["synthetic"]
-    syn["synthetic"] = TINY
-    syn["extraction"] = {"shards": 2, "batch_size": 16, "decode_workers": 0}
-    syn["train"] = {"epochs": epochs, "batch_normal": 4, "batch_anomalous": 4}
-    syn["model"] = {"ff_dim": 256}
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
 @pytest.mark.slow
 def test_features_stage_runs_and_reruns_single_stages(tmp_path):
     config = tiny_config(tmp_path)
@@ -155,10 +111,8 @@ def test_features_stage_runs_and_reruns_single_stages(tmp_path):
 
 
 @pytest.mark.slow
-def test_whole_dag_from_videos_to_metrics(tmp_path):
-    config = tiny_config(tmp_path)
-    out = snakemake("--cores", "2", cwd=tmp_path, config=config, timeout=1200)
-    assert out.returncode == 0, out.stderr[-3000:]
+def test_whole_dag_from_videos_to_metrics(tiny_local_run):
+    tmp_path = tiny_local_run
     auc = json.loads((tmp_path / "results/synthetic_auc.json").read_text())
     assert auc["metric"] == "frame_auc" and 0.0 <= auc["value"] <= 1.0
     assert auc["random_init_clip"] is True and auc["clip_weights"] == "random-init:seed=0"
