@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import h5py
 import numpy as np
@@ -17,6 +18,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
+    if os.environ.get("TPWNG_SLURM_TEST") != "1":
+        pytest.skip("set TPWNG_SLURM_TEST=1 to run the real-SLURM test (not yet part of CI)")
     reason = unavailable_reason()
     if reason:
         pytest.skip(reason)

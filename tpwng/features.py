@@ -144,11 +144,19 @@ def provenance(spec: ClipSpec, identity: str, settings: ExtractionSettings, dim:
 
 
 def extract(rows: Sequence, out: str | Path, spec: ClipSpec, settings: ExtractionSettings,
-            dataset: str = "", shard: str = "", progress: bool = True) -> dict:
-    """Embed every video of `rows` into the store `out`; return timing figures."""
+            dataset: str = "", shard: str = "", progress: bool = True,
+            clip_model: torch.nn.Module | None = None) -> dict:
+    """Embed every video of `rows` into the store `out`; return timing figures.
+
+    `clip_model` replaces the configured model (benchmarks measure the pipeline with a trivial
+    encoder); the store then records the weights as `custom`.
+    """
     import time
 
-    clip_model, identity = load_clip(spec)
+    if clip_model is None:
+        clip_model, identity = load_clip(spec)
+    else:
+        identity = "custom"
     encoder = ImageEncoder(clip_model, settings)
     dim = int(clip_model.visual.output_dim)
     del clip_model
