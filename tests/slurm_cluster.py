@@ -20,7 +20,8 @@ BINARIES = ("slurmctld", "slurmd", "munged", "sbatch", "squeue", "sinfo")
 def unavailable_reason() -> str | None:
     missing = [b for b in BINARIES if shutil.which(b) is None]
     if missing:
-        return f"SLURM not installed here (missing {', '.join(missing)})"
+        return (f"SLURM not installed here (missing {', '.join(missing)}); `make test` "
+                "installs it where it runs as root with apt-get")
     if os.geteuid() != 0:
         return "starting slurmctld/slurmd/munged needs root"
     return None
@@ -76,6 +77,8 @@ PartitionName=ci Nodes={node} Default=YES MaxTime=INFINITE State=UP
         (r / "gres.conf").write_text("Name=gpu Count=1 File=/dev/null\n")
         # job steps (srun inside a batch job) read the default location; point it at ours
         default = Path("/etc/slurm/slurm.conf")
+        if default.is_symlink() and not default.exists():
+            default.unlink()  # left behind by a run that was killed
         if not default.exists():
             default.parent.mkdir(parents=True, exist_ok=True)
             default.symlink_to(self.conf)
