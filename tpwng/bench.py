@@ -5,6 +5,7 @@ rate with the same workers, the encoder-only rate at the configured batch and pr
 end-to-end rate of the extraction stage, and a peer-style baseline (every frame decoded, each
 sampled frame preprocessed through PIL one at a time, the encoder run per video).
 `tpwng bench train` measures seconds per epoch on a UCF-sized set of random features.
+`tpwng bench memory` compares the peak memory of extracting a one-hour and a one-minute video.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import resource
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -144,8 +146,13 @@ def bench_extract(videos: list[Path], spec: ClipSpec, settings: ExtractionSettin
 
 
 def bench_train(n_videos: int, spec: ClipSpec, epochs: int, batch: int, seed: int = 0,
-                out: Path | None = None, device: str = "auto") -> dict:
-    """Seconds per epoch of TPWNG on random features with UCF-Crime-like lengths."""
+                out: Path | None = None, device: str = "auto",
+                max_steps: int | None = None) -> dict:
+    """Seconds per epoch of TPWNG on random features with UCF-Crime-like lengths.
+
+    With `max_steps`, only the first steps of one epoch are timed (after one warm-up step) and
+    the epoch time is extrapolated from the median step; the result says so.
+    """
     from tpwng.features import resolve_device
     from tpwng.model import TPWNG, ModelConfig
     from tpwng.sequences import TrainVideo, cap_length
@@ -173,24 +180,104 @@ def bench_train(n_videos: int, spec: ClipSpec, epochs: int, batch: int, seed: in
     anomalous = [v for v in videos if not v.normal]
     from tpwng.sequences import epoch_batches
 
-    times = []
-    for _ in range(epochs):
-        t0 = time.perf_counter()
-        for idx_n, idx_a in epoch_batches(len(normal), len(anomalous), batch, batch, rng):
-            xn, mn = _batch(normal, idx_n, rng, dev)
-            xa, ma = _batch(anomalous, idx_a, rng, dev)
-            loss, _, _ = model.training_step(xn, mn, xa, ma, _labels(anomalous, idx_a, classes,
-                                                                    dev))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    def step(idx_n: np.ndarray, idx_a: np.ndarray) -> None:
+        xn, mn = _batch(normal, idx_n, rng, dev)
+        xa, ma = _batch(anomalous, idx_a, rng, dev)
+        loss, _, _ = model.training_step(xn, mn, xa, ma, _labels(anomalous, idx_a, classes, dev))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
         if dev.type == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+
     result = {"host": socket.gethostname(), "device": str(dev), "model": spec.model,
-              "videos": n_videos, "batch": f"{batch}+{batch}", "epochs_timed": epochs,
-              "seconds_per_epoch": float(np.median(times)), "all_epochs": times,
-              "torch_threads": torch.get_num_threads(), "peak_rss_mb": peak_rss_mb()}
+              "videos": n_videos, "batch": f"{batch}+{batch}",
+              "torch_threads": torch.get_num_threads()}
+    if max_steps:
+        batches = epoch_batches(len(normal), len(anomalous), batch, batch, rng)
+        step(*batches[0])  # warm-up
+        times = []
+        for idx_n, idx_a in batches[1 : 1 + max_steps]:
+            t0 = time.perf_counter()
+            step(idx_n, idx_a)
+            times.append(time.perf_counter() - t0)
+        result |= {"steps_per_epoch": len(batches), "steps_timed": len(times),
+                   "seconds_per_step": float(np.median(times)),
+                   "seconds_per_epoch_extrapolated": float(np.median(times)) * len(batches)}
+    else:
+        times = []
+        for _ in range(epochs):
+            t0 = time.perf_counter()
+            for idx_n, idx_a in epoch_batches(len(normal), len(anomalous), batch, batch, rng):
+                step(idx_n, idx_a)
+            times.append(time.perf_counter() - t0)
+        result |= {"epochs_timed": epochs, "seconds_per_epoch": float(np.median(times)),
+                   "all_epochs": times}
+    result["peak_rss_mb"] = peak_rss_mb()
+    _report(result, out)
+    return result
+
+
+def _moving_pattern(n: int, width: int, height: int, seed: int = 0) -> Iterator[np.ndarray]:
+    """Cheap frames for long test videos: a textured image drifting across the screen."""
+    base = np.random.default_rng(seed).integers(0, 256, (height, width * 2, 3), dtype=np.uint8)
+    for t in range(n):
+        off = t % width
+        yield base[:, off : off + width]
+
+
+def long_video(path: Path, seconds: int, fps: float = 25.0, width: int = 320,
+               height: int = 240) -> Path:
+    """A generated H.264 video of the given length (kept for later runs)."""
+    from tpwng.synthetic import SyntheticSpec, _write_video
+
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        spec = SyntheticSpec(fps=fps, width=width, height=height)
+        print(f"writing {path} ({seconds} s)", file=sys.stderr)
+        _write_video(path, _moving_pattern(int(seconds * fps), width, height), spec)
+    return path
+
+
+def _rss_child(video: str, settings: ExtractionSettings, store: str, queue) -> None:
+    """In a fresh process: extract one video with the trivial encoder, report peak RSS (MB)."""
+    rows = _rows([Path(video)])
+    extract(rows, store, ClipSpec("trivial", "none", 0), settings, progress=False,
+            clip_model=TrivialCLIP())
+    Path(store).unlink(missing_ok=True)
+    queue.put({"main_peak_rss_mb": peak_rss_mb(),
+               "worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024})
+
+
+def bench_memory(workdir: Path, settings: ExtractionSettings, out: Path | None,
+                 lengths_s: tuple[int, ...] = (60, 3600)) -> dict:
+    """Peak memory of extracting one 320x240 video of each length, each in a fresh process.
+
+    The trivial encoder stands in for CLIP: the model's weights are a constant; what must not
+    grow with the video's length is the data path (decode chunks, batches, the store writer).
+    """
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    result: dict = {"host": socket.gethostname(), "decode_workers": settings.decode_workers,
+                    "decode_chunk": settings.decode_chunk, "batch_size": settings.batch_size}
+    for seconds in lengths_s:
+        video = long_video(workdir / f"long-{seconds}s.mp4", seconds)
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_rss_child,
+                           args=(str(video), settings, str(workdir / ".rss-store.h5"), queue))
+        t0 = time.perf_counter()
+        proc.start()
+        figures = queue.get()
+        proc.join()
+        if proc.exitcode != 0:
+            raise RuntimeError(f"memory benchmark on {video} failed (exit {proc.exitcode})")
+        for k, v in figures.items():
+            result[f"{k}_{seconds}s"] = v
+        result[f"seconds_{seconds}s"] = time.perf_counter() - t0
+    short, long_ = lengths_s[0], lengths_s[-1]
+    for k in ("main_peak_rss_mb", "worker_peak_rss_mb"):
+        result[f"{k}_ratio"] = result[f"{k}_{long_}s"] / result[f"{k}_{short}s"]
     _report(result, out)
     return result
 

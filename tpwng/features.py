@@ -23,7 +23,7 @@ from tpwng import __version__
 from tpwng.clip_backbone import ClipSpec, load_clip
 from tpwng.preprocess import CLIP_MEAN, CLIP_STD, n_crops, preprocess
 from tpwng.store import StoreWriter
-from tpwng.video import read_frames, sample_indices
+from tpwng.video import DECODE_TIMEOUT, read_frames, sample_indices
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +68,19 @@ def plan_jobs(rows: Sequence, settings: ExtractionSettings) -> list[VideoJob]:
 class _DecodeStream(IterableDataset):
     """Yields (job index, snippet offset, uint8 frames [n, H, W, 3]) for this worker's videos."""
 
-    def __init__(self, jobs: list[VideoJob], chunk: int) -> None:
+    def __init__(self, jobs: list[VideoJob], chunk: int,
+                 timeout: float | None = DECODE_TIMEOUT) -> None:
         self.jobs = jobs
         self.chunk = chunk
+        self.timeout = timeout  # seconds per decoding call, enforced from outside the decoder
 
     def __iter__(self) -> Iterator[tuple[int, int, torch.Tensor]]:
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info else (0, 1)
         for j in range(wid, len(self.jobs), nw):
             job = self.jobs[j]
-            for off, frames in read_frames(job.path, job.indices, chunk=self.chunk):
+            for off, frames in read_frames(job.path, job.indices, chunk=self.chunk,
+                                           timeout=self.timeout):
                 yield j, off, torch.from_numpy(frames)
 
 
@@ -111,15 +114,19 @@ class ImageEncoder:
         self.crops = n_crops(settings.crop_mode)
 
     @torch.inference_mode()
-    def prepare(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 [N, H, W, 3] -> preprocessed [N, crops, 3, 224, 224] on the device."""
-        return preprocess(frames.to(self.device, non_blocking=True), self.crop_mode).to(self.dtype)
+    def prepare(self, frames: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 [N, H, W, 3] -> float32 [N, crops, 3, 224, 224] on the device (into `out`)."""
+        return preprocess(frames.to(self.device, non_blocking=True), self.crop_mode, out=out)
+
+    def batch_buffer(self, frames: int) -> torch.Tensor:
+        """A reusable float32 buffer for `frames` preprocessed frames on the device."""
+        return torch.empty((frames, self.crops, 3, 224, 224), device=self.device)
 
     @torch.inference_mode()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Preprocessed [N, crops, 3, 224, 224] -> float32 [N, crops, D] on the CPU."""
         n = x.shape[0]
-        return self.visual(x.flatten(0, 1)).float().view(n, self.crops, -1).cpu()
+        return self.visual(x.flatten(0, 1).to(self.dtype)).float().view(n, self.crops, -1).cpu()
 
 
 def provenance(spec: ClipSpec, identity: str, settings: ExtractionSettings, dim: int,
@@ -163,20 +170,22 @@ def extract(rows: Sequence, out: str | Path, spec: ClipSpec, settings: Extractio
     jobs = plan_jobs(rows, settings)
     prov = provenance(spec, identity, settings, dim, dataset) | {"shard": shard}
     loader = DataLoader(
-        _DecodeStream(jobs, settings.decode_chunk),
+        _DecodeStream(jobs, settings.decode_chunk, settings.decode_timeout),
         batch_size=None,
         num_workers=settings.decode_workers,
-        timeout=settings.decode_timeout if settings.decode_workers > 0 else 0,
+        # a backstop only: each decoding call (open, chunk) has its own deadline, whose error
+        # names the file, so this must not fire first
+        timeout=2 * settings.decode_timeout + 60 if settings.decode_workers > 0 else 0,
         pin_memory=encoder.device.type == "cuda",
         prefetch_factor=4 if settings.decode_workers > 0 else None,
         persistent_workers=False,
     )
     pending: dict[int, np.ndarray] = {}
     remaining: dict[int, int] = {j: len(job.indices) for j, job in enumerate(jobs)}
-    batch_frames: list[torch.Tensor] = []
+    per_batch = max(1, settings.batch_size // encoder.crops)  # batch_size counts images (crops)
+    buffer = encoder.batch_buffer(per_batch)  # reused: no per-batch allocation or concatenation
     batch_slots: list[tuple[int, int, int]] = []  # job, offset, count
     n_batch = 0
-    per_batch = max(1, settings.batch_size // encoder.crops)  # batch_size counts images (crops)
     total_snippets = int(sum(remaining.values()))
     t0 = time.perf_counter()
     bar = tqdm(total=total_snippets, unit="snippet", desc=f"extract {dataset} {shard}".strip(),
@@ -186,9 +195,9 @@ def extract(rows: Sequence, out: str | Path, spec: ClipSpec, settings: Extractio
 
         def flush() -> None:
             nonlocal n_batch
-            if not batch_frames:
+            if not n_batch:
                 return
-            emb = encoder.encode(torch.cat(batch_frames)).numpy()
+            emb = encoder.encode(buffer[:n_batch]).numpy()
             pos = 0
             for j, off, cnt in batch_slots:
                 pending[j][off : off + cnt] = emb[pos : pos + cnt]
@@ -199,7 +208,6 @@ def extract(rows: Sequence, out: str | Path, spec: ClipSpec, settings: Extractio
                     writer.add(job.video_id, pending.pop(j), frames=job.frames, fps=job.fps,
                                crop_ids=list(range(encoder.crops)))
             bar.update(pos)
-            batch_frames.clear()
             batch_slots.clear()
             n_batch = 0
 
@@ -209,7 +217,7 @@ def extract(rows: Sequence, out: str | Path, spec: ClipSpec, settings: Extractio
             start = 0
             while start < len(frames):
                 take = min(per_batch - n_batch, len(frames) - start)
-                batch_frames.append(encoder.prepare(frames[start : start + take]))
+                encoder.prepare(frames[start : start + take], out=buffer[n_batch : n_batch + take])
                 batch_slots.append((j, off + start, take))
                 n_batch += take
                 start += take

@@ -25,11 +25,11 @@ def n_crops(mode: str) -> int:
     return CROP_MODES[mode]
 
 
-def _normalize(x: torch.Tensor) -> torch.Tensor:
-    """uint8 [..., 3, H, W] -> float normalised."""
-    mean = torch.tensor(CLIP_MEAN, device=x.device).view(3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=x.device).view(3, 1, 1)
-    return (x.float() / 255.0 - mean) / std
+def _normalize_(x: torch.Tensor) -> torch.Tensor:
+    """Float [..., 3, H, W] holding 0..255 -> CLIP-normalised, in place (no temporaries)."""
+    mean = torch.tensor(CLIP_MEAN, device=x.device).view(3, 1, 1) * 255.0
+    inv_std = 1.0 / (torch.tensor(CLIP_STD, device=x.device).view(3, 1, 1) * 255.0)
+    return x.sub_(mean).mul_(inv_std)
 
 
 def tencrop_boxes(height: int, width: int, size: int = 224) -> list[tuple[int, int]]:
@@ -40,18 +40,28 @@ def tencrop_boxes(height: int, width: int, size: int = 224) -> list[tuple[int, i
             (height - size, width - size)]
 
 
-def preprocess(frames: torch.Tensor, mode: str = "center", size: int = 224) -> torch.Tensor:
-    """uint8 frames [N, H, W, 3] -> float [N, crops, 3, size, size], CLIP-normalised."""
+def preprocess(frames: torch.Tensor, mode: str = "center", size: int = 224,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 frames [N, H, W, 3] -> float32 [N, crops, 3, size, size], CLIP-normalised.
+
+    Resizing and cropping stay in uint8; the one conversion to float writes into `out` when
+    given (a slice of a reused batch buffer), so no large temporaries are allocated per batch.
+    """
     x = frames.permute(0, 3, 1, 2)  # N, 3, H, W
     if mode == "center":
         x = TF.resize(x, [size], interpolation=InterpolationMode.BICUBIC, antialias=True)
-        x = TF.center_crop(x, [size, size])
-        return _normalize(x).unsqueeze(1)
-    if mode == "tencrop":
+        crops = TF.center_crop(x, [size, size]).unsqueeze(1)
+    elif mode == "tencrop":
         x = TF.resize(x, list(TENCROP_SIZE), interpolation=InterpolationMode.BICUBIC,
                       antialias=True)
         boxes = tencrop_boxes(*TENCROP_SIZE, size)
-        crops = [x[:, :, top : top + size, left : left + size] for top, left in boxes]
-        crops += [c.flip(-1) for c in crops]
-        return _normalize(torch.stack(crops, dim=1))
-    raise ValueError(f"crop mode must be one of {sorted(CROP_MODES)}, got {mode!r}")
+        five = [x[:, :, top : top + size, left : left + size] for top, left in boxes]
+        crops = torch.stack(five + [c.flip(-1) for c in five], dim=1)
+    else:
+        raise ValueError(f"crop mode must be one of {sorted(CROP_MODES)}, got {mode!r}")
+    if out is None:
+        out = torch.empty(crops.shape, dtype=torch.float32, device=crops.device)
+    elif out.shape != crops.shape:
+        raise ValueError(f"preprocess: out has shape {tuple(out.shape)}, need {tuple(crops.shape)}")
+    out.copy_(crops)
+    return _normalize_(out)
