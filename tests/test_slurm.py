@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import h5py
 import numpy as np
@@ -51,6 +52,7 @@ def test_synthetic_dag_through_slurm_equals_local_run(cluster, tiny_local_run, t
         "--profile", str(REPO / "workflow" / "profiles" / "slurm"),
         "--slurm-status-command", "squeue",  # no accounting on the CI cluster: sacct fails
         "--slurm-init-seconds-before-status-checks", "5",
+        "--slurm-keep-successful-logs",
         "--jobs", "4", "--latency-wait", "5",
         *SIZE_TO_CI_NODE,
         cwd=tmp_path, config=tiny_config(tmp_path), timeout=1500,
@@ -60,8 +62,10 @@ def test_synthetic_dag_through_slurm_equals_local_run(cluster, tiny_local_run, t
     # 2 shards, view, train, score, evaluate, diagnostics) and the plugin logged each id
     ids = cluster.sbatch_job_ids()
     assert len(ids) >= 9, ids
+    submitted = re.findall(r"submitted with SLURM jobid (\d+)", out.stdout + out.stderr)
+    assert len(submitted) >= 9 and set(submitted) <= set(ids), (submitted, ids)
     logs = list((tmp_path / ".snakemake" / "slurm_logs").rglob("*.log"))
-    assert {p.stem for p in logs} >= set(ids), (ids, logs)
+    assert {p.stem for p in logs} >= set(submitted), (submitted, logs)
     local = tiny_local_run
     a = json.loads((tmp_path / "results/synthetic_auc.json").read_text())
     b = json.loads((local / "results/synthetic_auc.json").read_text())
