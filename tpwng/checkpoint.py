@@ -1,16 +1,20 @@
 """Model checkpoints: trainable weights plus the settings that made them.
 
-Only tensors and plain Python values are stored, so loading uses `torch.load(weights_only=True)`.
+Only tensors and plain Python values are stored, so loading uses `torch.load(weights_only=True)`:
+a checkpoint file can never run code. A checkpoint is refused when the config asks for another
+CLIP model or weights, stride, class list or model configuration than the one it was trained
+with.
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import torch
 
 from tpwng.errors import CheckpointError
-from tpwng.store import atomic_path
+from tpwng.store import StoreError, atomic_path, is_write_error
 
 FORMAT = "tpwng-checkpoint/1"
 
@@ -29,9 +33,19 @@ def expected_store_provenance(settings: dict) -> dict:
 
 
 def save_checkpoint(model: torch.nn.Module, meta: dict, path: str | Path) -> None:
+    """Write the trainable weights and `meta` atomically (temporary file, then rename)."""
     state = {n: t.detach().cpu().clone() for n, t in model.trainable_state_dict().items()}
-    with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, "meta": meta, "state": state}, tmp)
+    buffer = io.BytesIO()  # serialised in memory, so that a failed write is a plain OSError
+    torch.save({"format": FORMAT, "meta": meta, "state": state}, buffer)
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(buffer.getvalue())
+    except StoreError as exc:
+        raise CheckpointError(str(exc)) from exc
+    except OSError as exc:
+        if is_write_error(exc):
+            raise CheckpointError(f"{path}: cannot write ({exc.strerror})") from exc
+        raise
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -48,7 +62,11 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def check_against_settings(ckpt: dict, settings: dict, path: str | Path) -> None:
-    """Refuse a checkpoint trained for another CLIP model, stride or class list."""
+    """Refuse a checkpoint trained for another CLIP model or weights, stride, class list or
+    model configuration (`settings["model"]`, when given) than `settings` ask for."""
+    from tpwng.clip_backbone import ClipSpec, weights_identity
+    from tpwng.model import ModelConfig
+
     meta = ckpt["meta"]
     want = expected_store_provenance(settings)
     for key in ("model", "stride"):
@@ -60,6 +78,25 @@ def check_against_settings(ckpt: dict, settings: dict, path: str | Path) -> None
     if classes != meta["classes"]:
         raise CheckpointError(
             f"{path}: trained for classes {meta['classes']}, config has {classes}")
+    weights = weights_identity(ClipSpec.from_config(settings["clip"]))
+    if meta["clip"].get("weights") != weights:
+        raise CheckpointError(
+            f"{path}: trained with CLIP weights {meta['clip'].get('weights')!r}, but the config "
+            f"gives {weights!r} (clip.pretrained / clip.seed)")
+    if settings.get("model") is not None:
+        try:
+            cfg = ModelConfig.from_dict(settings["model"]).to_dict()
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"invalid model settings ({exc})") from exc
+        saved = meta.get("model_config") or {}
+        diff = sorted(k for k in set(cfg) | set(saved) if cfg.get(k) != saved.get(k))
+        if diff:
+            k = diff[0]
+            raise CheckpointError(
+                f"{path}: trained with model.{k}={saved.get(k)!r}, but the config has "
+                f"model.{k}={cfg.get(k)!r}" + (f" (and {len(diff) - 1} more model settings "
+                                                 "differ)" if len(diff) > 1 else "")
+                + "; retrain or use the matching config")
 
 
 def load_into(model: torch.nn.Module, ckpt: dict, path: str | Path) -> None:

@@ -40,7 +40,7 @@ def _probe_for(settings: dict):
 
 
 def cmd_manifest(a: argparse.Namespace) -> None:
-    from tpwng.datasets import build_manifest, entries_for, write_manifest
+    from tpwng.datasets import make_manifest
 
     s = _settings(a.settings)
     if not s.get("root"):
@@ -48,11 +48,8 @@ def cmd_manifest(a: argparse.Namespace) -> None:
             f"dataset {s['name']!r} has no root: set datasets.{s['name']}.root in config.yaml "
             f"or pass --config {s['name']}_root=DIR"
         )
-    released = s["extraction"].get("source") == "released"
-    entries = entries_for(s["format"], Path(s["root"]), require_files=not released)
-    rows = build_manifest(entries, _probe_for(s))
-    write_manifest(rows, Path(a.out))
-    log.info("%s: %d videos", a.out, len(rows))
+    rows, skipped = make_manifest(s, Path(a.out), Path(a.skipped) if a.skipped else None)
+    log.info("%s: %d videos, %d skipped", a.out, len(rows), len(skipped))
 
 
 def cmd_extract(a: argparse.Namespace) -> None:
@@ -112,6 +109,42 @@ def cmd_diagnostics(a: argparse.Namespace) -> None:
                 Path(a.train_log), Path(a.out_dir))
 
 
+def cmd_ablation_table(a: argparse.Namespace) -> None:
+    from tpwng.ablations import build_table
+
+    build_table(a.table, _settings(a.settings), [Path(m) for m in a.metrics], Path(a.out),
+                Path(a.plot) if a.plot else None)
+
+
+def cmd_score(a: argparse.Namespace) -> None:
+    from tpwng.score_video import ScoreOptions, score_paths
+
+    if not 0.0 <= a.threshold <= 1.0 or a.min_length < 0:
+        raise UserError("--threshold must be in [0, 1] and --min-length >= 0")
+    opts = ScoreOptions(threshold=a.threshold, min_length=a.min_length, stream=a.stream,
+                        device=a.device)
+
+    def snippet_printer(video: Path):
+        print(f"# {video}: snippet, time_s, score", flush=True)
+        return lambda i, t, s: print(f"{i:6d} {t:10.3f} {s:.6f}", flush=True)
+
+    def report(v: dict) -> None:
+        if "error" in v:
+            print(f"tpwng score: error: {v['error']}", file=sys.stderr)
+        else:
+            print(f"{v['video']}: {v['intervals']} anomalous interval(s), "
+                  f"{v['anomalous_s']:.1f} of {v['duration_s']:.1f} s, "
+                  f"max score {v['max_score']:.3f}", flush=True)
+
+    out = Path(a.out)
+    summary = score_paths(Path(a.target), Path(a.model), out, opts,
+                          snippet_printer if a.stream else None, report)
+    print(f"outputs in {out}/ (summary.json)")
+    failed = sum("error" in v for v in summary["videos"])
+    if failed:
+        raise UserError(f"{failed} of {len(summary['videos'])} videos could not be scored")
+
+
 def _bench_videos(a: argparse.Namespace) -> list[Path]:
     if a.videos:
         found = []
@@ -144,9 +177,15 @@ def cmd_bench(a: argparse.Namespace) -> None:
                                       crop_mode=a.crop_mode, precision=a.precision)
         out = Path(a.out or f"benchmarks/extract-{host}-{a.crop_mode}.json")
         bench_extract(_bench_videos(a), spec, settings, out, baseline=not a.no_baseline)
+    elif a.what == "memory":
+        from tpwng.bench import bench_memory
+
+        settings = ExtractionSettings(batch_size=a.batch_size, decode_workers=a.workers)
+        out = Path(a.out or f"benchmarks/memory-{host}.json")
+        bench_memory(Path(a.workdir) / "bench-videos", settings, out)
     else:
         out = Path(a.out or f"benchmarks/train-{host}.json")
-        bench_train(a.n_videos, spec, a.epochs, a.train_batch, out=out)
+        bench_train(a.n_videos, spec, a.epochs, a.train_batch, out=out, max_steps=a.steps)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     manifest = ("--manifest", req)
     add("synth", cmd_synth, "generate the synthetic dataset", settings, ("--out", req),
         ("--jobs", {"type": int, "default": 1}))
-    add("manifest", cmd_manifest, "build a dataset manifest", settings, ("--out", req))
+    add("manifest", cmd_manifest, "build a dataset manifest", settings, ("--out", req),
+        ("--skipped", {"help": "list of skipped bad videos (default: skipped.tsv beside --out)"}))
     add("extract", cmd_extract, "extract CLIP features of one shard", settings, manifest,
         ("--shard", {"type": int, "default": 0}), ("--shards", {"type": int, "default": 1}),
         ("--out", req))
@@ -183,8 +223,21 @@ def build_parser() -> argparse.ArgumentParser:
     add("diagnostics", cmd_diagnostics, "pseudo-label, similarity and training plots", settings,
         manifest, ("--features", req), ("--model", req), ("--train-log", req),
         ("--out-dir", req))
+    add("ablation-table", cmd_ablation_table, "one ablation table from its rows' metrics",
+        settings, ("--table", req), ("--out", req), ("--plot", {}),
+        ("metrics", {"nargs": "+", "help": "each row's *_metrics.json, in row order"}))
+    add("score", cmd_score, "score your own videos with a trained model",
+        ("target", {"metavar": "VIDEO_OR_DIR", "help": "a video, or a folder of videos"}),
+        ("--model", {"required": True, "help": "a trained checkpoint, e.g. models/ucf/tpwng.pt"}),
+        ("--out", {"default": "scores", "help": "output folder (default: scores)"}),
+        ("--threshold", {"type": float, "default": 0.5, "help": "anomaly score threshold"}),
+        ("--min-length", {"type": float, "default": 0.0,
+                          "help": "shortest reported interval in seconds (default 0)"}),
+        ("--stream", {"action": "store_true",
+                      "help": "score snippet by snippet, printing each score as it is decided"}),
+        ("--device", {"default": "auto", "help": "auto, cpu, cuda, cuda:1, ..."}))
     b = sub.add_parser("bench", help="benchmarks: extraction rates, training speed")
-    b.add_argument("what", choices=["extract", "train"])
+    b.add_argument("what", choices=["extract", "train", "memory"])
     b.add_argument("videos", nargs="*", help="videos or folders (default: a generated set)")
     b.add_argument("--model", default="ViT-B-16")
     b.add_argument("--pretrained", default="none", help="none: random weights (speed only)")
@@ -199,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--n-videos", type=int, default=1610)
     b.add_argument("--epochs", type=int, default=2)
     b.add_argument("--train-batch", type=int, default=32)
+    b.add_argument("--steps", type=int, help="train: time this many steps, extrapolate the epoch")
     b.add_argument("--out")
     b.set_defaults(func=cmd_bench)
     return p

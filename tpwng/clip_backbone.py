@@ -89,7 +89,7 @@ def load_clip(spec: ClipSpec, device: str | torch.device = "cpu") -> tuple[torch
         try:
             model = open_clip.create_model(
                 spec.model, pretrained=str(Path(spec.pretrained).expanduser()), device=device,
-                force_quick_gelu=spec.quick_gelu, weights_only=False,
+                force_quick_gelu=spec.quick_gelu, weights_only=True,  # never runs pickled code
             )
         except Exception as exc:  # noqa: BLE001 - any failure becomes one clear message
             raise ClipWeightsError(

@@ -13,18 +13,21 @@ Frame intervals are 0-based and end-exclusive throughout.
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from tpwng.video import VideoInfo
+from tpwng.store import StoreError, atomic_path, write_error
+from tpwng.video import DECODE_TIMEOUT, VideoError, VideoInfo, check_decodable, probe_video
+
+log = logging.getLogger(__name__)
 
 NORMAL = "normal"
 UCF_CLASSES = [
@@ -54,6 +57,8 @@ MANIFEST_COLUMNS = [
     "height",
 ]
 SPLITS = ("train", "test")
+SKIPPED_COLUMNS = ["video_id", "path", "split", "label", "reason"]
+BAD_VIDEO_ACTIONS = ("error", "skip")
 _NORMAL_DIRS = {
     "training_normal_videos_anomaly", "testing_normal_videos_anomaly", "normal_videos_event",
 }
@@ -65,6 +70,10 @@ class DatasetError(ValueError):
     """Bad dataset input; the message names the file and the problem."""
 
 
+class UnusableVideoError(VideoError, DatasetError):
+    """A video that opens but cannot be used (no frames, no valid frame rate)."""
+
+
 @dataclass
 class VideoEntry:
     """One video of a dataset with its split, prompt classes and test-time annotation."""
@@ -74,6 +83,8 @@ class VideoEntry:
     split: str
     classes: list[str]
     intervals: list[Interval]
+    # where the intervals come from (an annotation file), for messages only
+    source: str = field(default="", kw_only=True, compare=False, repr=False)
 
     @property
     def label(self) -> str:
@@ -229,9 +240,10 @@ class _Resolver:
     """Find listed videos below a root: at the listed relative path, else by file name."""
 
     def __init__(self, root: str | os.PathLike[str], search: bool = True,
-                 require_files: bool = True) -> None:
+                 require_files: bool = True, missing_ok: bool = False) -> None:
         self.root = os.path.normpath(os.path.abspath(os.fspath(root)))
         self.require_files = require_files
+        self.missing_ok = missing_ok
         if require_files and not os.path.isdir(self.root):
             raise DatasetError(f"{self.root}: dataset root is not a directory")
         self.search = search and require_files
@@ -271,6 +283,8 @@ class _Resolver:
             if len(found) > 1:
                 raise DatasetError(f"{list_file}: {relative} matches several files below "
                                    f"{self.root}: {', '.join(sorted(found))}")
+        if self.missing_ok:
+            return candidate  # probing it reports the missing file as a bad video
         raise DatasetError(f"{list_file}: video file {candidate} not found"
                            + (f" (nor any file named {os.path.basename(relative)} below "
                               f"{self.root})" if self.search else ""))
@@ -305,6 +319,7 @@ def _attach_ucf_annotation(
             raise DatasetError(f"{annotation_file}: normal video {video_id} has anomalous "
                                f"intervals {intervals}")
         entry.intervals = list(intervals)
+        entry.source = str(annotation_file)
     for entry in entries:
         if entry.split == "test" and entry.label != NORMAL and not entry.intervals:
             raise DatasetError(f"{annotation_file}: anomalous test video {entry.video_id} has "
@@ -338,9 +353,10 @@ def ucf_entries(
     test_list: str | os.PathLike[str] = UCF_TEST_LIST,
     annotation: str | os.PathLike[str] = UCF_ANNOTATION,
     require_files: bool = True,
+    missing_ok: bool = False,
 ) -> list[VideoEntry]:
     """UCF-Crime entries (train list order, then test list order) for videos below ``root``."""
-    resolver = _Resolver(root, require_files=require_files)
+    resolver = _Resolver(root, require_files=require_files, missing_ok=missing_ok)
     entries = (_class_list_entries(train_list, "train", resolver)
                + _class_list_entries(test_list, "test", resolver))
     _check_unique(entries, "UCF-Crime")
@@ -379,9 +395,10 @@ def xd_entries(
     test_list: str | os.PathLike[str] = XD_TEST_LIST,
     annotation: str | os.PathLike[str] = XD_ANNOTATION,
     require_files: bool = True,
+    missing_ok: bool = False,
 ) -> list[VideoEntry]:
     """XD-Violence entries (train, then test in list order) for ``<id>.mp4`` files below root."""
-    resolver = _Resolver(root, require_files=require_files)
+    resolver = _Resolver(root, require_files=require_files, missing_ok=missing_ok)
     entries = []
     for split, list_file in (("train", train_list), ("test", test_list)):
         for video_id in _xd_list_names(list_file):
@@ -402,6 +419,7 @@ def xd_entries(
         if entry.label == NORMAL:
             raise DatasetError(f"{annotation}: normal video {video_id} has anomalous intervals")
         entry.intervals = intervals
+        entry.source = str(annotation)
     for entry in entries:
         if entry.split == "test" and entry.label != NORMAL and not entry.intervals:
             raise DatasetError(f"{annotation}: violent test video {entry.video_id} has no "
@@ -409,10 +427,12 @@ def xd_entries(
     return entries
 
 
-def folder_entries(root: str | os.PathLike[str], require_files: bool = True) -> list[VideoEntry]:
+def folder_entries(root: str | os.PathLike[str], require_files: bool = True,
+                   missing_ok: bool = False) -> list[VideoEntry]:
     """Entries of the generic folder format (see the module docstring)."""
     root = Path(root)
-    resolver = _Resolver(root / "videos", search=False, require_files=require_files)
+    resolver = _Resolver(root / "videos", search=False, require_files=require_files,
+                         missing_ok=missing_ok)
     entries = (_class_list_entries(root / "train.txt", "train", resolver)
                + _class_list_entries(root / "test.txt", "test", resolver))
     _check_unique(entries, str(root))
@@ -425,50 +445,191 @@ def folder_entries(root: str | os.PathLike[str], require_files: bool = True) -> 
     return entries
 
 
-def entries_for(fmt: str, root: str | os.PathLike[str],
-                require_files: bool = True) -> list[VideoEntry]:
+def entries_for(fmt: str, root: str | os.PathLike[str], require_files: bool = True,
+                missing_ok: bool = False) -> list[VideoEntry]:
     """Entries of a dataset in format ``fmt`` (``ucf``, ``xd``, ``folder`` or ``synthetic``).
 
-    ``require_files=False`` lists the videos without looking for them (released features).
+    ``require_files=False`` lists the videos without looking for them (released features);
+    ``missing_ok=True`` keeps a listed video whose file is missing (probing reports it).
     """
+    kw = {"require_files": require_files, "missing_ok": missing_ok}
     if fmt == "ucf":
-        return ucf_entries(root, require_files=require_files)
+        return ucf_entries(root, **kw)
     if fmt == "xd":
-        return xd_entries(root, require_files=require_files)
+        return xd_entries(root, **kw)
     if fmt in ("folder", "synthetic"):
-        return folder_entries(root, require_files=require_files)
+        return folder_entries(root, **kw)
     raise DatasetError(f"unknown dataset format {fmt!r}; expected one of {', '.join(FORMATS)}")
 
 
 # --------------------------------------------------------------------------- manifests
 
 
+@dataclass
+class SkippedVideo:
+    """A listed video left out of the manifest (``extraction.on_bad_video: skip``)."""
+
+    video_id: str
+    path: str
+    split: str
+    label: str
+    reason: str
+
+
+# What a bad video raises while it is probed or test-decoded: these, and only these, may be
+# skipped. Errors of the lists and annotations are never skipped.
+BAD_VIDEO_ERRORS = (VideoError, StoreError)
+
+
+def _bad_video_error(bad: list[tuple[VideoEntry, Exception]], total: int) -> Exception:
+    """One error (of the first one's type) naming every bad video, up to five in full."""
+    hint = ("set extraction.on_bad_video: skip to leave such videos out (they are then listed "
+            "in data/<dataset>/skipped.tsv)")
+    if len(bad) == 1:
+        return type(bad[0][1])(f"{bad[0][1]}; {hint}")
+    shown = "; ".join(str(exc) for _, exc in bad[:5])
+    more = f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
+    return type(bad[0][1])(f"{len(bad)} of {total} videos cannot be used: {shown}{more}; "
+                           f"{hint}")
+
+
 def build_manifest(
     entries: Sequence[VideoEntry],
     probe: Callable[[str], VideoInfo],
     progress: bool = True,
+    *,
+    on_bad_video: str = "error",
+    check: Callable[[str, VideoInfo], None] | None = None,
+    skipped: list[SkippedVideo] | None = None,
 ) -> list[ManifestRow]:
-    """Probe every video and check its annotation against the probed frame count."""
+    """Probe every video and check its annotation against the probed frame count.
+
+    A video that cannot be used (``probe`` or ``check`` raise one of BAD_VIDEO_ERRORS, or it
+    has no frames or no valid frame rate) is, with ``on_bad_video="error"``, reported in one
+    error (of the first such error's type) naming every such file once all are probed; with
+    ``"skip"`` it is left out and appended to ``skipped`` with the reason. Duplicate ids and
+    annotated intervals that do not fit the video are errors either way: skipping them would
+    silently change the ground truth.
+    """
+    if on_bad_video not in BAD_VIDEO_ACTIONS:
+        raise DatasetError(f"on_bad_video must be one of {BAD_VIDEO_ACTIONS}, got "
+                           f"{on_bad_video!r}")
+    if on_bad_video == "skip" and skipped is None:
+        raise ValueError("on_bad_video='skip' needs a list to report skipped videos in")
     _check_unique(entries, "manifest")
     rows = []
+    bad: list[tuple[VideoEntry, Exception]] = []
     for entry in tqdm(entries, desc="probe videos", unit="video", disable=not progress):
-        info = probe(entry.path)
-        if info.frames <= 0:
-            raise DatasetError(f"{entry.path}: video {entry.video_id} has no frames")
-        if not (math.isnan(info.fps) or (math.isfinite(info.fps) and info.fps > 0)):
-            raise DatasetError(f"{entry.path}: video {entry.video_id} has invalid fps {info.fps}")
-        for start, end in entry.intervals:
-            if not 0 <= start < end <= info.frames:
-                raise DatasetError(
-                    f"video {entry.video_id} ({entry.path}): annotated interval {start}-{end} "
-                    f"is not within its {info.frames} frames"
-                )
+        try:
+            info = probe(entry.path)
+            if info.frames <= 0:
+                raise UnusableVideoError(f"{entry.path}: video {entry.video_id} has no frames")
+            if not (math.isnan(info.fps) or (math.isfinite(info.fps) and info.fps > 0)):
+                raise UnusableVideoError(f"{entry.path}: video {entry.video_id} has invalid "
+                                         f"fps {info.fps}")
+            for start, end in entry.intervals:
+                if not 0 <= start < end <= info.frames:
+                    where = f"{entry.source}: " if entry.source else ""
+                    raise DatasetError(
+                        f"{where}video {entry.video_id} ({entry.path}): annotated interval "
+                        f"{start}-{end} is not within its {info.frames} frames (is the video "
+                        "truncated, or the annotation wrong?)"
+                    )
+            if check is not None:
+                check(entry.path, info)
+        except BAD_VIDEO_ERRORS as exc:
+            bad.append((entry, exc))
+            continue
         rows.append(ManifestRow(
             entry.video_id, entry.path, entry.split, list(entry.classes),
             [tuple(i) for i in entry.intervals], int(info.frames), float(info.fps),
             int(info.width), int(info.height),
         ))
+    if bad and on_bad_video == "error":
+        raise _bad_video_error(bad, len(entries))
+    for entry, exc in bad:
+        skipped.append(SkippedVideo(entry.video_id, entry.path, entry.split, entry.label,
+                                    str(exc)))
+        log.warning("skipped video %s: %s", entry.video_id, exc)
     return rows
+
+
+def make_manifest(settings: dict, out: str | os.PathLike[str],
+                  skipped_out: str | os.PathLike[str] | None = None,
+                  progress: bool = True) -> tuple[list[ManifestRow], list[SkippedVideo]]:
+    """The manifest stage: list, probe and (when skipping bad videos) test-decode every video.
+
+    Writes the manifest and the list of skipped videos (``skipped_out``, default
+    ``skipped.tsv`` beside the manifest; only its header when nothing was skipped). With
+    ``extraction.on_bad_video: skip`` every sampled frame of every video is decoded here, so
+    that a video extraction could not decode is left out now, before any later stage sees the
+    video set; extraction then never skips anything.
+    """
+    ex = settings.get("extraction") or {}
+    released = ex.get("source", "extract") == "released"
+    action = ex.get("on_bad_video", "error")
+    skip = action == "skip"
+    entries = entries_for(settings["format"], Path(settings["root"]),
+                          require_files=not released, missing_ok=skip)
+    timeout = float(ex.get("decode_timeout", DECODE_TIMEOUT))
+    check = None
+    if released:
+        from tpwng.released import released_probe
+
+        probe = released_probe(settings)
+    else:
+        def probe(path: str) -> VideoInfo:
+            return probe_video(path, timeout=timeout)
+
+        if skip:
+            def check(path: str, info: VideoInfo) -> None:
+                check_decodable(path, info.frames, int(ex.get("stride", 16)),
+                                ex.get("sample", "center"), int(ex.get("decode_chunk", 32)),
+                                timeout)
+    skipped: list[SkippedVideo] = []
+    rows = build_manifest(entries, probe, progress, on_bad_video=action, check=check,
+                          skipped=skipped)
+    write_skipped(skipped, skipped_out or Path(out).with_name("skipped.tsv"))
+    write_manifest(rows, out)
+    return rows, skipped
+
+
+def _write_atomic(lines: list[str], path: str | os.PathLike[str]) -> None:
+    """Write text lines atomically (temporary file in the same folder, then rename)."""
+    try:
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            f.write("\n".join(lines) + "\n")
+    except StoreError as exc:
+        raise DatasetError(str(exc)) from exc
+    except OSError as exc:
+        raise DatasetError(str(write_error(path, exc))) from exc
+
+
+def _clean_field(text: str) -> str:
+    return re.sub(r"[\t\r\n]+", " ", text)
+
+
+def write_skipped(skipped: Iterable[SkippedVideo], path: str | os.PathLike[str]) -> None:
+    """Write the skipped-video list (TSV, one row per video with the reason) atomically."""
+    lines = ["\t".join(SKIPPED_COLUMNS)]
+    for v in skipped:
+        lines.append("\t".join(_clean_field(str(x)) for x in
+                               (v.video_id, v.path, v.split, v.label, v.reason)))
+    _write_atomic(lines, path)
+
+
+def read_skipped(path: str | os.PathLike[str]) -> list[SkippedVideo]:
+    """Read a list written by :func:`write_skipped`."""
+    lines = _read_lines(path)
+    if not lines or lines[0][1].split("\t") != SKIPPED_COLUMNS:
+        raise DatasetError(f"{path}: not a skipped-video list (header {SKIPPED_COLUMNS})")
+    out = []
+    for number, line in lines[1:]:
+        fields = line.split("\t")
+        if len(fields) != len(SKIPPED_COLUMNS):
+            raise DatasetError(f"{path}:{number}: expected {len(SKIPPED_COLUMNS)} columns")
+        out.append(SkippedVideo(*fields))
+    return out
 
 
 def _row_fields(row: ManifestRow) -> list[str]:
@@ -477,9 +638,9 @@ def _row_fields(row: ManifestRow) -> list[str]:
         ";".join(f"{s}-{e}" for s, e in row.intervals), str(int(row.frames)),
         repr(float(row.fps)), str(int(row.width)), str(int(row.height)),
     ]
-    for field in fields:
-        if "\t" in field or "\n" in field or "\r" in field:
-            raise DatasetError(f"video {row.video_id}: field {field!r} contains a tab or newline")
+    for text in fields:
+        if "\t" in text or "\n" in text or "\r" in text:
+            raise DatasetError(f"video {row.video_id}: field {text!r} contains a tab or newline")
     if any("|" in c for c in row.classes):
         raise DatasetError(f"video {row.video_id}: class names must not contain '|'")
     return fields
@@ -487,18 +648,8 @@ def _row_fields(row: ManifestRow) -> list[str]:
 
 def write_manifest(rows: Iterable[ManifestRow], path: str | os.PathLike[str]) -> None:
     """Write a manifest TSV atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
     lines = ["\t".join(MANIFEST_COLUMNS)] + ["\t".join(_row_fields(row)) for row in rows]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write("\n".join(lines) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    _write_atomic(lines, path)
 
 
 def _parse_manifest_intervals(text: str, where: str) -> list[Interval]:

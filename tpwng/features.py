@@ -213,7 +213,7 @@ def extract(rows: Sequence, out: str | Path, spec: ClipSpec, settings: Extractio
     bar = tqdm(total=total_snippets, unit="snippet", desc=f"extract {dataset} {shard}".strip(),
                disable=not progress, file=sys.stderr)
 
-    with StoreWriter(out, prov, dtype=settings.dtype) as writer:
+    with bar, StoreWriter(out, prov, dtype=settings.dtype) as writer:
 
         def flush() -> None:
             nonlocal n_batch
@@ -249,7 +249,6 @@ def extract(rows: Sequence, out: str | Path, spec: ClipSpec, settings: Extractio
         if pending:
             missing = [jobs[j].video_id for j in pending]
             raise RuntimeError(f"videos left incomplete after decoding: {missing}")
-    bar.close()
     seconds = time.perf_counter() - t0
     frames_total = int(sum(job.frames for job in jobs))
     return {"videos": len(jobs), "snippets": total_snippets, "video_frames": frames_total,

@@ -6,7 +6,6 @@ import logging
 import sys
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -17,7 +16,7 @@ from tpwng.datasets import read_manifest
 from tpwng.features import resolve_device
 from tpwng.metrics import expand_to_frames
 from tpwng.model import TPWNG, ModelConfig
-from tpwng.store import FeatureStore, atomic_path
+from tpwng.store import FeatureStore, atomic_path, h5_create, open_sealed
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +57,7 @@ def score_test_set(settings: dict, manifest: Path, features: Path, model_path: P
     stride = int(settings["extraction"]["stride"])
     crop = int(settings["train"]["test_crop"])
     rows = [r for r in read_manifest(manifest) if r.split == "test"]
-    with FeatureStore(features) as store, atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
+    with FeatureStore(features) as store, atomic_path(out) as tmp, h5_create(tmp) as f:
         from tpwng.checkpoint import expected_store_provenance
 
         store.check_compatible(expected_store_provenance(settings))
@@ -79,7 +78,7 @@ def score_test_set(settings: dict, manifest: Path, features: Path, model_path: P
 
 def read_scores(path: Path) -> tuple[list[str], dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Video order, frame scores and snippet scores from a scores file."""
-    with h5py.File(path, "r") as f:
+    with open_sealed(path) as f:
         order = str(f.attrs["order"]).split("\n") if f.attrs["order"] else []
         frames = {v: f["frames"][v][()] for v in order}
         snippets = {v: f["snippets"][v][()] for v in order}

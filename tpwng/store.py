@@ -5,40 +5,218 @@ A store holds one dataset per video, ``/videos/<video_id>``, of shape [snippets,
 provenance (model, weights identity, stride, sampling, crop mode, preprocessing, version).
 Stores are written under a temporary name and renamed when complete, so a file with the final
 name is always whole. A merged view of a sharded dataset is a small file of external links.
+
+HDF5 files are written through a Python file object (h5py's file-object driver): a failed write
+(disk full, file size limit) is then an ordinary OSError, reported as one StoreError, where
+HDF5's own file driver can crash the process when it later closes the file.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import socket
+import zlib
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 STORE_FORMAT = "tpwng-features/1"
+CHECKSUM_ATTR = "crc32"  # of each video's array bytes, checked on every read
 # Provenance keys that must agree between a store and the config that reads it.
 COMPATIBILITY_KEYS = ("model", "weights", "stride", "sample", "crop_mode", "dim")
+
+
+# errno values of a write that failed for lack of room (or a read-only file system)
+WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
+_HOST = socket.gethostname().replace(os.sep, "_") or "host"
 
 
 class StoreError(RuntimeError):
     """A feature store is unreadable or does not match what is asked of it."""
 
 
+def is_write_error(exc: BaseException) -> bool:
+    """An OSError of a write that failed for lack of room (disk full, size limit, quota)."""
+    return isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS
+
+
+def write_error(path: str | Path, exc: OSError) -> StoreError:
+    """The one-line error of a failed write of `path`."""
+    why = exc.strerror or str(exc)
+    if is_write_error(exc):
+        why += ": the disk is full or a file size limit or quota was reached"
+    return StoreError(f"{path}: cannot write ({why}); no partial output was left")
+
+
+def temp_path(path: str | Path) -> Path:
+    """The temporary name `path` is written under by this process."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp-{_HOST}-{os.getpid()}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(path: str | Path) -> list[Path]:
+    """Delete temporary files of `path` left by writers on this host that were killed."""
+    path = Path(path)
+    prefix = f".{path.name}.tmp-{_HOST}-"
+    removed = []
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return removed
+    for name in names:
+        pid = name[len(prefix):] if name.startswith(prefix) else ""
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            with suppress(OSError):
+                (path.parent / name).unlink()
+                removed.append(path.parent / name)
+    return removed
+
+
+def _fsync(path: Path, directory: bool = False) -> None:
+    """Flush a file (or a directory entry) to disk, so that a crash cannot undo a rename."""
+    fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not directory:  # some file systems cannot sync directories; files must sync
+            raise
+    finally:
+        os.close(fd)
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """Rename a finished temporary file to its final name, durably."""
+    _fsync(tmp)
+    os.replace(tmp, path)
+    _fsync(path.parent, directory=True)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it to `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it to `path` only if the block succeeds.
+
+    A write that fails for lack of room becomes a StoreError naming `path`; the temporary file
+    is removed whatever happens, and temporary files of killed earlier writers are cleared.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_path(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path)
         yield tmp
-        os.replace(tmp, path)
+        _publish(tmp, path)
+    except OSError as exc:
+        if is_write_error(exc):
+            raise write_error(path, exc) from exc
+        raise
     finally:
-        if tmp.exists():
+        with suppress(OSError):
             tmp.unlink()
+
+
+# ---------------------------------------------------------------------------- sealed files
+#
+# HDF5 can hang for ever (or crash) on a damaged file: an overwritten attribute header sends
+# it into an endless loop. So every HDF5 file written here starts with a 512-byte user block
+# (which HDF5 skips) holding the size and CRC-32 of the rest, and readers check it before HDF5
+# sees the file. Files without the seal (written before it existed) are read unchecked.
+
+SEAL_SIZE = 512
+SEAL_MAGIC = b"tpwng-sealed-hdf5/1\n"
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _seal(handle) -> None:
+    """Write the size and CRC-32 of everything after the user block into the user block."""
+    handle.flush()
+    handle.seek(SEAL_SIZE)
+    crc, size = 0, 0
+    while chunk := handle.read(1 << 22):
+        crc = zlib.crc32(chunk, crc)
+        size += len(chunk)
+    head = SEAL_MAGIC + json.dumps({"size": size, "crc32": crc}).encode() + b"\n"
+    handle.seek(0)
+    handle.write(head.ljust(SEAL_SIZE, b"\0"))
+    handle.flush()
+
+
+def verify_sealed(path: str | Path) -> bool:
+    """Check a sealed file against its seal before HDF5 reads it; False if it has none.
+
+    Raises StoreError naming the file when the contents differ from the seal (damaged,
+    truncated or overwritten) or the seal itself is damaged.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(SEAL_SIZE)
+            if not head.startswith(SEAL_MAGIC):
+                f.seek(SEAL_SIZE)
+                if f.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
+                    raise StoreError(f"{path}: damaged file (its checksum header is "
+                                     "overwritten); re-create it")
+                return False
+            seal = json.loads(head[len(SEAL_MAGIC):].split(b"\n", 1)[0])
+            crc, size = 0, 0
+            while chunk := f.read(1 << 22):
+                crc = zlib.crc32(chunk, crc)
+                size += len(chunk)
+            ok = size == int(seal["size"]) and crc == int(seal["crc32"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StoreError(f"{path}: damaged file ({exc}); re-create it") from exc
+    if not ok:
+        raise StoreError(f"{path}: damaged or incomplete file (size or checksum differs from "
+                         "what was written); re-create it")
+    return True
+
+
+@contextmanager
+def h5_create(path: str | Path) -> Iterator[h5py.File]:
+    """A new sealed HDF5 file, written through a Python file object (a failed write raises
+    OSError instead of crashing HDF5)."""
+    handle = open(path, "w+b")  # noqa: SIM115 - closed below, after the HDF5 file
+    f = None
+    try:
+        f = h5py.File(handle, "w", userblock_size=SEAL_SIZE)
+        yield f
+    except BaseException:
+        if f is not None:
+            with suppress(Exception):
+                f.close()
+        raise
+    else:
+        f.close()
+        _seal(handle)
+    finally:
+        handle.close()
+
+
+def open_sealed(path: str | Path) -> h5py.File:
+    """Open an HDF5 file for reading after checking its seal (StoreError if damaged)."""
+    verify_sealed(path)
+    try:
+        return h5py.File(path, "r")
+    except (OSError, RuntimeError) as exc:
+        raise StoreError(f"{path}: not a readable HDF5 file ({exc})") from exc
+
+
+def _checksum(data: np.ndarray) -> int:
+    return zlib.crc32(np.ascontiguousarray(data).view(np.uint8).reshape(-1))
 
 
 def _attr(value):
@@ -64,38 +242,68 @@ class StoreWriter:
 
     def __init__(self, path: str | Path, provenance: dict, dtype: str = "float16") -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self.tmp = temp_path(self.path)
         self.dtype = np.dtype(dtype)
-        self._file = h5py.File(self.tmp, "w")
-        self._file.attrs["format"] = STORE_FORMAT
-        for key, value in provenance.items():
-            self._file.attrs[key] = _attr(value)
-        self._file.attrs["dtype"] = self.dtype.name
-        self._group = self._file.create_group("videos")
+        self._handle = None
+        self._file = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temps(self.path)
+            self._handle = open(self.tmp, "w+b")  # noqa: SIM115 - closed in close()/abort()
+            self._file = h5py.File(self._handle, "w", userblock_size=SEAL_SIZE)
+            self._file.attrs["format"] = STORE_FORMAT
+            for key, value in provenance.items():
+                self._file.attrs[key] = _attr(value)
+            self._file.attrs["dtype"] = self.dtype.name
+            self._group = self._file.create_group("videos")
+        except OSError as exc:
+            self.abort()
+            raise write_error(self.path, exc) from exc
 
     def add(self, video_id: str, features: np.ndarray, **attrs) -> None:
         if video_id in self._group:
             raise StoreError(f"{self.path}: video {video_id!r} written twice")
+        features = np.asarray(features)
         if features.ndim != 3:
-            raise StoreError(f"{video_id}: features must be [snippets, crops, dim]")
-        if not np.isfinite(features).all():
-            raise StoreError(f"{video_id}: features contain NaN or inf")
-        ds = self._group.create_dataset(video_id, data=features.astype(self.dtype))
-        for key, value in attrs.items():
-            ds.attrs[key] = _attr(value)
+            raise StoreError(f"{self.path}: features of video {video_id!r} must be "
+                             f"[snippets, crops, dim], got shape {features.shape}")
+        with np.errstate(over="ignore"):  # checked after the cast: float16 overflows to inf
+            data = features.astype(self.dtype)
+        finite = np.isfinite(data)
+        if not finite.all():
+            overflow = np.isfinite(features).all()
+            raise StoreError(
+                f"{self.path}: features of video {video_id!r} contain NaN or inf "
+                f"({int((~finite).sum())} of {data.size} values"
+                f"{', out of ' + self.dtype.name + ' range' if overflow else ''}); "
+                "nothing was written")
+        try:
+            ds = self._group.create_dataset(video_id, data=data)
+            ds.attrs[CHECKSUM_ATTR] = _checksum(data)  # damaged bytes then fail to read
+            for key, value in attrs.items():
+                ds.attrs[key] = _attr(value)
+        except OSError as exc:
+            raise write_error(self.path, exc) from exc
 
     def close(self) -> None:
         """Finish the file and move it to its final name."""
-        self._file.close()
-        os.replace(self.tmp, self.path)
-
-    def abort(self) -> None:
         try:
             self._file.close()
-        finally:
-            if self.tmp.exists():
-                self.tmp.unlink()
+            _seal(self._handle)
+            self._handle.close()
+            _publish(self.tmp, self.path)
+        except OSError as exc:
+            self.abort()
+            raise write_error(self.path, exc) from exc
+
+    def abort(self) -> None:
+        """Drop the temporary file (the final name is never touched)."""
+        for obj in (self._file, self._handle):
+            if obj is not None:
+                with suppress(Exception):
+                    obj.close()
+        with suppress(OSError):
+            self.tmp.unlink()
 
     def __enter__(self) -> StoreWriter:
         return self
@@ -108,40 +316,103 @@ class StoreWriter:
 
 
 class FeatureStore:
-    """Read access to a store or a merged view."""
+    """Read access to a store or a merged view; a damaged file is a StoreError naming it."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise StoreError(f"{self.path}: feature store does not exist")
+        verify_sealed(self.path)
         try:
             self._file = h5py.File(self.path, "r")
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:
             raise StoreError(f"{self.path}: not a readable HDF5 feature store ({exc})") from exc
-        if _from_attr(self._file.attrs.get("format", "")) != STORE_FORMAT:
-            raise StoreError(f"{self.path}: not a tpwng feature store (format attribute missing)")
-        self.provenance = {k: _from_attr(v) for k, v in self._file.attrs.items()}
+        try:
+            fmt = _from_attr(self._file.attrs.get("format", ""))
+            self.provenance = {k: _from_attr(v) for k, v in self._file.attrs.items()}
+            has_videos = isinstance(self._file.get("videos"), h5py.Group)
+        except (OSError, RuntimeError, KeyError, ValueError) as exc:
+            self._file.close()
+            raise StoreError(f"{self.path}: damaged feature store ({exc})") from exc
+        if fmt != STORE_FORMAT or not has_videos:
+            self._file.close()
+            raise StoreError(f"{self.path}: not a tpwng feature store (format attribute or "
+                             "videos group missing)")
+        try:  # a merged view: check every shard before HDF5 follows a link into it
+            for shard in json.loads(self.provenance.get("shards") or "[]"):
+                if not (self.path.parent / shard).is_file():
+                    raise StoreError(f"{self.path}: its shard {shard} does not exist (was it "
+                                     "moved or deleted?)")
+                verify_sealed(self.path.parent / shard)
+        except StoreError:
+            self._file.close()
+            raise
+        except (ValueError, TypeError) as exc:
+            self._file.close()
+            raise self._damaged(exc) from exc
+
+    def _damaged(self, exc: BaseException) -> StoreError:
+        return StoreError(f"{self.path}: damaged feature store ({exc}); re-create it")
 
     def video_ids(self) -> list[str]:
-        return list(self._file["videos"].keys())
+        try:
+            return list(self._file["videos"].keys())
+        except (OSError, RuntimeError, KeyError, ValueError) as exc:
+            raise self._damaged(exc) from exc
 
     def __contains__(self, video_id: str) -> bool:
-        return video_id in self._file["videos"]
+        try:
+            return video_id in self._file["videos"]
+        except (OSError, RuntimeError, KeyError, ValueError) as exc:
+            raise self._damaged(exc) from exc
+
+    def _dataset(self, video_id: str) -> h5py.Dataset:
+        videos = self._file["videos"]
+        try:
+            return videos[video_id]
+        except (KeyError, OSError, RuntimeError, ValueError) as exc:
+            try:
+                link = videos.get(video_id, getlink=True)
+            except (KeyError, OSError, RuntimeError, ValueError):
+                link = None
+            if isinstance(link, h5py.ExternalLink):
+                raise StoreError(f"{self.path}: features of {video_id!r} are in "
+                                 f"{link.filename}, which cannot be read (was a shard moved, "
+                                 f"deleted or damaged?) ({exc})") from exc
+            if link is None and isinstance(exc, KeyError):
+                raise StoreError(f"{self.path}: no features for video {video_id!r}") from exc
+            raise self._damaged(exc) from exc
 
     def get(self, video_id: str) -> np.ndarray:
-        """Features [snippets, crops, dim] as float32."""
+        """Features [snippets, crops, dim] as float32; NaN or inf is a StoreError."""
+        ds = self._dataset(video_id)
         try:
-            ds = self._file["videos"][video_id]
             data = ds[()]
-        except KeyError as exc:
-            raise StoreError(f"{self.path}: no features for video {video_id!r}") from exc
-        except OSError as exc:
+        except (OSError, RuntimeError, ValueError) as exc:
             raise StoreError(f"{self.path}: features of {video_id!r} unreadable ({exc})") from exc
-        return data.astype(np.float32)
+        if data.ndim != 3:
+            raise StoreError(f"{self.path}: features of {video_id!r} have shape {data.shape}; "
+                             "expected [snippets, crops, dim]")
+        try:
+            want = ds.attrs.get(CHECKSUM_ATTR)
+        except (OSError, RuntimeError, KeyError, ValueError) as exc:
+            raise self._damaged(exc) from exc
+        if want is not None and int(want) != _checksum(data):
+            raise StoreError(f"{self.path}: features of {video_id!r} are damaged (checksum "
+                             "mismatch); re-create the store")
+        data = data.astype(np.float32)
+        finite = np.isfinite(data)
+        if not finite.all():
+            raise StoreError(f"{self.path}: features of video {video_id!r} contain NaN or inf "
+                             f"({int((~finite).sum())} of {data.size} values); re-extract them")
+        return data
 
     def video_attrs(self, video_id: str) -> dict:
-        ds = self._file["videos"][video_id]
-        return {k: _from_attr(v) for k, v in ds.attrs.items()}
+        ds = self._dataset(video_id)
+        try:
+            return {k: _from_attr(v) for k, v in ds.attrs.items() if k != CHECKSUM_ATTR}
+        except (OSError, RuntimeError, KeyError, ValueError) as exc:
+            raise self._damaged(exc) from exc
 
     def check_compatible(self, expected: dict) -> None:
         """Raise StoreError naming the first provenance key that differs from `expected`."""
@@ -188,7 +459,7 @@ def merge_view(shards: Iterable[str | Path], out: str | Path) -> int:
                     raise StoreError(f"video {vid!r} is in both {links[vid]} and {shard}")
                 links[vid] = shard
     with atomic_path(out) as tmp:
-        with h5py.File(tmp, "w") as f:
+        with h5_create(tmp) as f:
             for key, value in (provenance or {}).items():
                 f.attrs[key] = _attr(value)
             f.attrs["format"] = STORE_FORMAT

@@ -18,11 +18,15 @@ rule synthesize:
 
 
 rule manifest:
-    """One row per video: id, path, split, label, classes, intervals, frames, fps, size."""
+    """One row per video: id, path, split, label, classes, intervals, frames, fps, size.
+
+    skipped.tsv lists the videos left out (extraction.on_bad_video: skip) with the reason;
+    every later stage reads the manifest, so all of them see the same video set."""
     input:
         manifest_inputs,
     output:
-        "data/{dataset}/manifest.tsv",
+        manifest="data/{dataset}/manifest.tsv",
+        skipped="data/{dataset}/skipped.tsv",
     params:
         settings=settings_json,
     log:
@@ -30,4 +34,5 @@ rule manifest:
     conda:
         ENV
     shell:
-        "tpwng manifest --settings {params.settings:q} --out {output} 2> {log}"
+        "tpwng manifest --settings {params.settings:q} --out {output.manifest} "
+        "--skipped {output.skipped} 2> {log}"

@@ -1,0 +1,358 @@
+"""Scoring one's own videos with a trained checkpoint: frame scores, detected intervals, plots.
+
+The checkpoint records the CLIP image encoder and the extraction settings (stride, sampled frame,
+crops) of its training features; videos are decoded and encoded the same way, scored by the
+temporal module and classifier, and expanded to frames as the evaluation does. Stream mode
+scores a video snippet by snippet through the causal TCSAL, each layer keeping the keys and
+values of the last ceil(F + R) positions, beyond which the soft mask (Eq. 7) is exactly 0: the
+stream's scores equal the whole video's.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from tpwng.checkpoint import load_checkpoint
+from tpwng.clip_backbone import ClipSpec, load_clip
+from tpwng.datasets import VIDEO_EXTENSIONS
+from tpwng.errors import CheckpointError
+from tpwng.evaluate import _write_json as write_json
+from tpwng.features import ExtractionSettings, ImageEncoder, resolve_device
+from tpwng.inference import load_model, pick_crop, score_features
+from tpwng.metrics import expand_to_frames, intervals_to_labels, score_segments
+from tpwng.model import TPWNG
+from tpwng.plots import SCORE_COLOR, _figure, _shade
+from tpwng.store import atomic_path
+from tpwng.tcsal import TCSAL, AdaptiveSpanAttention
+from tpwng.video import VideoError, VideoInfo, probe_video, read_frames, sample_indices
+
+log = logging.getLogger(__name__)
+
+SnippetCallback = Callable[[int, float, float], None]  # index, start time (s), score
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """How to score and what counts as a detection."""
+
+    threshold: float = 0.5
+    min_length: float = 0.0  # seconds; shorter runs above the threshold are not reported
+    stream: bool = False
+    device: str = "auto"
+    batch_size: int = 64  # images per encoder batch
+
+    @property
+    def mode(self) -> str:
+        return "stream" if self.stream else "offline"
+
+
+@dataclass
+class Scorer:
+    """A loaded checkpoint with the image encoder and extraction settings it was trained with."""
+
+    model: TPWNG
+    meta: dict
+    path: Path
+    encoder: ImageEncoder
+    extraction: ExtractionSettings
+    crop: int = 0  # the test crop (0 = centre) of multi-crop extraction
+
+    @property
+    def device(self) -> torch.device:
+        return self.encoder.device
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def recorded_settings(meta: dict) -> dict:
+    """The CLIP and extraction settings a checkpoint records, in config form."""
+    clip, store = meta["clip"], meta["store"]
+    seed = clip.get("seed")
+    if seed is None:
+        m = re.fullmatch(r"random-init:seed=(-?\d+)", str(clip.get("weights", "")))
+        seed = int(m[1]) if m else 0
+    extracted = "sample" in store  # stores of released features record no sampling or crops
+    return {
+        "clip": {"model": clip["model"], "pretrained": clip["pretrained"], "seed": seed,
+                 "quick_gelu": clip.get("quick_gelu", True)},
+        "extraction": {"stride": int(store["stride"]),
+                       "source": "extract" if extracted else "released",
+                       "sample": store.get("sample", "center"),
+                       "crop_mode": store.get("crop_mode", "center")},
+        "classes": list(meta["classes"]),
+    }
+
+
+def load_scorer(model_path: Path, device: str = "auto", batch_size: int = 64) -> Scorer:
+    """The checkpoint's model and the CLIP image encoder that made its training features."""
+    model_path = Path(model_path)
+    meta = load_checkpoint(model_path)["meta"]
+    settings = recorded_settings(meta)
+    if settings["extraction"]["source"] == "released":
+        log.warning("%s: trained on released features; scoring with centre-crop features of "
+                    "the snippets' middle frames", model_path)
+    dev = resolve_device(device)
+    model, _ = load_model(model_path, settings, dev)  # checks the CLIP weights' identity
+    clip_model, _ = load_clip(ClipSpec.from_config(settings["clip"]))
+    ex = ExtractionSettings(**{k: settings["extraction"][k] for k in ("stride", "sample",
+                                                                      "crop_mode")},
+                            batch_size=batch_size, device=str(dev))
+    return Scorer(model, meta, model_path, ImageEncoder(clip_model, ex), ex)
+
+
+def find_videos(path: Path) -> list[Path]:
+    """The video itself, or the folder's video files (by extension, sorted by name)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise VideoError(f"{path}: no such video file or folder")
+    videos = sorted(p for p in path.iterdir()
+                    if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+    if not videos:
+        raise VideoError(f"{path}: folder has no video files ({', '.join(VIDEO_EXTENSIONS)})")
+    stems: dict[str, Path] = {}
+    for v in videos:
+        if v.stem in stems:
+            raise VideoError(f"{path}: {stems[v.stem].name} and {v.name} would write the same "
+                             "output files; rename one")
+        stems[v.stem] = v
+    return videos
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def snippet_features(scorer: Scorer, path: Path, info: VideoInfo,
+                     stream: bool = False) -> Iterator[np.ndarray]:
+    """Image features [n, D] of the video's snippets: one at a time when streaming, else in
+    encoder batches."""
+    ex = scorer.extraction
+    chunk = 1 if stream else max(1, ex.batch_size // scorer.encoder.crops)
+    for _, frames in read_frames(path, sample_indices(info.frames, ex.stride, ex.sample), chunk):
+        x = scorer.encoder.prepare(torch.from_numpy(frames))
+        yield pick_crop(scorer.encoder.encode(x).numpy(), scorer.crop)
+
+
+def score_offline(scorer: Scorer, path: Path, info: VideoInfo) -> np.ndarray:
+    """Snippet scores of the whole video at once."""
+    feats = np.concatenate(list(snippet_features(scorer, path, info)))
+    return score_features(scorer.model, feats, scorer.device)
+
+
+class _CachedAttention(nn.Module):
+    """A TCSAL attention layer fed only the next (valid) snippets; it caches the keys and values
+    of the last ceil(F + R) positions, the widest distance Eq. 7's mask lets through."""
+
+    def __init__(self, attn: AdaptiveSpanAttention) -> None:
+        super().__init__()
+        self.attn = attn
+        self.window = math.ceil(attn.span_scale + attn.R)  # χ = 0 at distances ≥ F + R
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+        self.seen = 0
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                return_weights: bool = False) -> torch.Tensor:
+        a = self.attn
+        B, T, D = x.shape
+        q, k, v = a.qkv(x).view(B, T, 3, a.heads, a.head_dim).permute(2, 0, 3, 1, 4)
+        if self.k is not None:
+            k, v = torch.cat([self.k, k], 2), torch.cat([self.v, v], 2)
+        keys_valid = torch.ones(B, k.shape[2], dtype=torch.bool, device=x.device)
+        ctx, _ = a._attend(q, k, v, a.spans(x), keys_valid, self.seen,
+                           self.seen + T - k.shape[2])
+        self.k, self.v = k[:, :, -self.window :], v[:, :, -self.window :]
+        self.seen += T
+        return a.out_proj(ctx.transpose(1, 2).reshape(B, T, D))
+
+
+def check_streamable(model: TPWNG, path: Path) -> None:
+    """Stream scoring needs the causal TCSAL with a fixed span scale F."""
+    if not isinstance(model.temporal, TCSAL):
+        raise CheckpointError(f"{path}: stream mode needs the causal TCSAL temporal module, but "
+                              f"this model uses model.temporal: {model.cfg.temporal} "
+                              "(bidirectional); score it without --stream")
+    if model.cfg.span_scale is None:
+        raise CheckpointError(f"{path}: stream mode needs a fixed model.span_scale, but this "
+                              "model scales spans by each video's length (span_scale: null)")
+
+
+class SnippetStream:
+    """Scores one video's snippets as they come; the scores equal those of the whole video."""
+
+    def __init__(self, model: TPWNG, path: Path, device: torch.device | str = "cpu") -> None:
+        check_streamable(model, path)
+        self.model = model
+        self.device = device
+        self._caches = [_CachedAttention(layer.attn) for layer in model.temporal.layers]
+
+    def push(self, feats: np.ndarray) -> np.ndarray:
+        """Scores of the next snippets from their features [n, D]."""
+        layers = self.model.temporal.layers
+        for layer, cache in zip(layers, self._caches, strict=True):
+            layer.attn = cache
+        try:
+            return score_features(self.model, feats, self.device)
+        finally:
+            for layer, cache in zip(layers, self._caches, strict=True):
+                layer.attn = cache.attn
+
+
+def score_stream(scorer: Scorer, path: Path, info: VideoInfo,
+                 on_snippet: SnippetCallback | None = None) -> np.ndarray:
+    """Snippet scores decided one snippet at a time (decode, encode, score)."""
+    stream = SnippetStream(scorer.model, scorer.path, scorer.device)
+    stride = scorer.extraction.stride
+    scores: list[float] = []
+    for feats in snippet_features(scorer, path, info, stream=True):
+        for s in stream.push(feats):
+            if on_snippet is not None:
+                on_snippet(len(scores), len(scores) * stride / info.fps, float(s))
+            scores.append(float(s))
+    return np.asarray(scores, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+@dataclass
+class VideoScores:
+    """One scored video: snippet and frame scores and the detected intervals."""
+
+    path: Path
+    info: VideoInfo
+    snippets: np.ndarray
+    frames: np.ndarray
+    intervals: list[dict]
+
+
+def detect_intervals(frame_scores: np.ndarray, fps: float, threshold: float,
+                     min_length: float) -> list[dict]:
+    """Runs of frames scored ≥ threshold lasting ≥ min_length seconds (frames end-exclusive)."""
+    return [
+        {"start_frame": s, "end_frame": e, "start_s": s / fps, "end_s": e / fps,
+         "mean_score": mean, "max_score": float(frame_scores[s:e].max())}
+        for s, e, mean in score_segments(frame_scores, threshold,
+                                         max(1, math.ceil(min_length * fps)))
+    ]
+
+
+def score_video(scorer: Scorer, path: Path, options: ScoreOptions,
+                on_snippet: SnippetCallback | None = None) -> VideoScores:
+    """Decode, encode and score one video; expand to frames; detect intervals."""
+    info = probe_video(path)  # a VideoError unless frames and frame rate are known
+    if options.stream:
+        snippets = score_stream(scorer, path, info, on_snippet)
+    else:
+        snippets = score_offline(scorer, path, info)
+    frames = expand_to_frames(snippets, info.frames, scorer.extraction.stride)
+    intervals = detect_intervals(frames, info.fps, options.threshold, options.min_length)
+    return VideoScores(Path(path), info, snippets, frames, intervals)
+
+
+def write_csv(result: VideoScores, path: Path) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["frame", "time_s", "score"])
+        for i, s in enumerate(result.frames):
+            w.writerow([i, f"{i / result.info.fps:.4f}", f"{s:.6f}"])
+
+
+def plot_video_scores(result: VideoScores, path: Path, threshold: float) -> None:
+    """Frame score curve with the detected intervals shaded and the threshold line."""
+    n, fps = result.info.frames, result.info.fps
+    detected = intervals_to_labels([(iv["start_frame"], iv["end_frame"])
+                                    for iv in result.intervals], n)
+    with _figure(path, 1, 1, (9.0, 3.0)) as (_, axes):
+        ax = axes[0, 0]
+        _shade(ax, detected, label="detected")
+        ax.plot(np.arange(n), result.frames, color=SCORE_COLOR, lw=1.2, label="score")
+        ax.axhline(threshold, color="0.3", ls="--", lw=1.0, label=f"threshold {threshold:g}")
+        ax.set_xlim(0, max(n, 1))
+        ax.set_ylim(0.0, 1.0)
+        ax.set_xlabel("frame")
+        ax.set_ylabel("anomaly score")
+        top = ax.secondary_xaxis("top", functions=(lambda f: f / fps, lambda t: t * fps))
+        top.set_xlabel("seconds")
+        ax.set_title(result.path.name, fontsize=10)
+        ax.legend(loc="upper right", fontsize=8)
+
+
+def _video_record(result: VideoScores) -> dict:
+    info = result.info
+    return {"path": str(result.path), **asdict(info),
+            "duration_s": info.frames / info.fps, "snippets": len(result.snippets)}
+
+
+def write_video_outputs(result: VideoScores, scorer: Scorer, options: ScoreOptions,
+                        out_dir: Path) -> dict:
+    """`<stem>_scores.csv`, `<stem>_scores.png` and `<stem>_intervals.json`; a summary entry."""
+    stem = result.path.stem
+    files = {"csv": out_dir / f"{stem}_scores.csv", "png": out_dir / f"{stem}_scores.png",
+             "intervals": out_dir / f"{stem}_intervals.json"}
+    write_csv(result, files["csv"])
+    plot_video_scores(result, files["png"], options.threshold)
+    record = {
+        "video": _video_record(result),
+        "model": str(scorer.path),
+        "dataset": scorer.meta.get("dataset"),
+        "clip_weights": scorer.meta["clip"]["weights"],
+        "stride": scorer.extraction.stride,
+        "mode": options.mode,
+        "threshold": options.threshold,
+        "min_length_s": options.min_length,
+        "interval_frames": "0-based, end-exclusive",
+        "intervals": result.intervals,
+    }
+    write_json(record, files["intervals"])
+    return {"video": str(result.path), "frames": result.info.frames,
+            "duration_s": result.info.frames / result.info.fps,
+            "max_score": float(result.frames.max()),
+            "intervals": len(result.intervals),
+            "anomalous_s": sum(iv["end_s"] - iv["start_s"] for iv in result.intervals),
+            "outputs": {k: str(p) for k, p in files.items()}}
+
+
+def score_paths(target: Path, model_path: Path, out_dir: Path, options: ScoreOptions,
+                on_snippet: Callable[[Path], SnippetCallback] | None = None,
+                on_video: Callable[[dict], None] | None = None) -> dict:
+    """Score a video or every video of a folder; write per-video outputs and `summary.json`.
+
+    In a folder, a video that cannot be decoded is recorded with its error and the others are
+    still scored; a single video's error is raised.
+    """
+    videos = find_videos(target)
+    scorer = load_scorer(model_path, options.device, options.batch_size)
+    if options.stream:
+        check_streamable(scorer.model, scorer.path)
+    entries = []
+    for video in videos:
+        try:
+            result = score_video(scorer, video, options,
+                                 on_snippet(video) if on_snippet else None)
+            entry = write_video_outputs(result, scorer, options, Path(out_dir))
+        except VideoError as exc:
+            if not Path(target).is_dir():
+                raise
+            entry = {"video": str(video), "error": str(exc)}
+        entries.append(entry)
+        if on_video is not None:
+            on_video(entry)
+    summary = {"model": str(model_path), "target": str(target),
+               "mode": options.mode,
+               "threshold": options.threshold, "min_length_s": options.min_length,
+               "videos": entries}
+    write_json(summary, Path(out_dir) / "summary.json")
+    return summary
