@@ -139,8 +139,12 @@ class ImageEncoder:
         return preprocess(frames.to(self.device, non_blocking=True), self.crop_mode, out=out)
 
     def batch_buffer(self, frames: int) -> torch.Tensor:
-        """A reusable float32 buffer for `frames` preprocessed frames on the device."""
-        return torch.empty((frames, self.crops, 3, 224, 224), device=self.device)
+        """A reusable float32 buffer for `frames` preprocessed frames on the device.
+
+        Zero-filled, so that its memory is committed up front: a process's footprint is set by
+        the batch size, not by how much of the batch its videos happen to fill.
+        """
+        return torch.zeros((frames, self.crops, 3, 224, 224), device=self.device)
 
     @torch.inference_mode()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
