@@ -30,10 +30,25 @@ rule evaluate:
     output:
         auc="results/{dataset}_auc.json",
         ap="results/{dataset}_ap.json",
-        table="results/{dataset}_metrics.tsv",
+        table=report(
+            "results/{dataset}_metrics.tsv",
+            caption="../report/metrics.rst",
+            category="Metrics",
+            subcategory="{dataset}",
+        ),
         full="results/{dataset}_metrics.json",
-        curves="results/{dataset}/plots/score_curves.png",
-        roc="results/{dataset}/plots/roc_pr.png",
+        curves=report(
+            "results/{dataset}/plots/score_curves.png",
+            caption="../report/score_curves.rst",
+            category="Scores",
+            subcategory="{dataset}",
+        ),
+        roc=report(
+            "results/{dataset}/plots/roc_pr.png",
+            caption="../report/roc_pr.rst",
+            category="Metrics",
+            subcategory="{dataset}",
+        ),
     params:
         settings=settings_json,
     log:
@@ -54,9 +69,24 @@ rule diagnostics:
         model="models/{dataset}/tpwng.pt",
         log="models/{dataset}/train_log.tsv",
     output:
-        pseudo="results/{dataset}/plots/pseudo_labels.png",
-        sims="results/{dataset}/plots/similarities.png",
-        training="results/{dataset}/plots/training.png",
+        pseudo=report(
+            "results/{dataset}/plots/pseudo_labels.png",
+            caption="../report/pseudo_labels.rst",
+            category="Training",
+            subcategory="{dataset}",
+        ),
+        sims=report(
+            "results/{dataset}/plots/similarities.png",
+            caption="../report/similarities.rst",
+            category="Training",
+            subcategory="{dataset}",
+        ),
+        training=report(
+            "results/{dataset}/plots/training.png",
+            caption="../report/training.rst",
+            category="Training",
+            subcategory="{dataset}",
+        ),
     params:
         settings=settings_json,
     log:

@@ -5,7 +5,12 @@ rule train:
         features="features/{dataset}/features.h5",
     output:
         model="models/{dataset}/tpwng.pt",
-        log="models/{dataset}/train_log.tsv",
+        log=report(
+            "models/{dataset}/train_log.tsv",
+            caption="../report/train_log.rst",
+            category="Training",
+            subcategory="{dataset}",
+        ),
     params:
         settings=settings_json,
     log:

@@ -1,0 +1,204 @@
+"""The paper's ablations (Tables 2-7, Figs. 5-6) as variants of a dataset's model settings.
+
+The variants live in ``resources/ablations.yaml`` (table → rows of variant name, overrides of the
+``model`` section, paper row), the paper's numbers in ``resources/paper_tables.yaml``. A variant's
+settings are the dataset's settings with the overrides merged in, so equal variants have equal
+settings (and one DAG branch); a variant equal to the dataset's own settings uses the main model.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from tpwng.config import SCHEMA_PATH, ConfigError, settings_hash
+
+RESOURCES = Path(__file__).resolve().parent / "resources"
+TABLE_COLUMNS = (
+    "table", "variant", "paper_row", "branch", "overrides", "settings_hash", "metric", "ours",
+    "frame_auc", "frame_ap", "paper_ucf_auc", "paper_xd_ap",
+)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of an ablation table."""
+
+    table: str
+    name: str
+    overrides: dict[str, Any] = field(hash=False)
+    paper_row: str | None = None
+
+
+@cache
+def paper_tables() -> dict[str, dict]:
+    """The paper's ablation numbers (percent), by table and row key."""
+    return yaml.safe_load((RESOURCES / "paper_tables.yaml").read_text())
+
+
+@cache
+def tables() -> dict[str, tuple[Variant, ...]]:
+    """Table name → its variants, in row order; variant names are unique across tables."""
+    raw = yaml.safe_load((RESOURCES / "ablations.yaml").read_text())
+    paper = paper_tables()
+    out: dict[str, tuple[Variant, ...]] = {}
+    seen: set[str] = set()
+    for table, rows in raw.items():
+        variants = tuple(Variant(table, r["variant"], dict(r["overrides"]), r.get("paper_row"))
+                         for r in rows)
+        for v in variants:
+            if v.name in seen or v.name in raw:
+                raise ValueError(f"ablation variant {v.name!r} is not unique")
+            if v.paper_row is not None and v.paper_row not in paper[table]["rows"]:
+                raise ValueError(f"{table}: unknown paper row {v.paper_row!r}")
+            seen.add(v.name)
+        out[table] = variants
+    return out
+
+
+def variants() -> dict[str, Variant]:
+    """Every variant by name."""
+    return {v.name: v for rows in tables().values() for v in rows}
+
+
+@cache
+def _model_validator() -> jsonschema.Draft202012Validator:
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    return jsonschema.Draft202012Validator(schema["definitions"]["model"])
+
+
+def apply_overrides(settings: dict, overrides: dict[str, Any]) -> dict:
+    """A copy of a dataset's settings with ``overrides`` merged into its ``model`` section."""
+    out = copy.deepcopy(settings)
+    out["model"] = {**out.get("model", {}), **copy.deepcopy(overrides)}
+    error = jsonschema.exceptions.best_match(_model_validator().iter_errors(out["model"]))
+    if error is not None:
+        raise ConfigError(f"invalid ablation override {json.dumps(overrides)}: {error.message}")
+    return out
+
+
+def variant_settings(settings: dict, variant: str) -> dict:
+    """The settings of one variant of a dataset."""
+    return apply_overrides(settings, variants()[variant].overrides)
+
+
+def branches(settings: dict) -> dict[str, str | None]:
+    """Variant → the variant whose branch it runs on (the first with equal settings, in table
+    order), or None where its settings are the dataset's own (the main model)."""
+    owner: dict[str, str | None] = {settings_hash(settings): None}
+    out = {}
+    for name in variants():
+        out[name] = owner.setdefault(settings_hash(variant_settings(settings, name)), name)
+    return out
+
+
+def row_branches(settings: dict, table: str) -> list[str | None]:
+    """Each row's branch (see `branches`), in row order."""
+    branch = branches(settings)
+    return [branch[v.name] for v in tables()[table]]
+
+
+def settings_json(settings: dict, variant: str) -> str:
+    """A variant's settings as one JSON argument for the ``tpwng`` command."""
+    return json.dumps(variant_settings(settings, variant), sort_keys=True)
+
+
+def headline_metric(settings: dict) -> str:
+    """The paper's metric for a dataset: frame AP on XD-Violence, frame AUC otherwise."""
+    return "frame_ap" if settings["format"] == "xd" else "frame_auc"
+
+
+def _pct(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
+def assemble_table(table: str, settings: dict, metric_files: list[Path]) -> list[dict[str, str]]:
+    """One row per variant of ``table`` (values in percent) from its metric JSONs, in row order.
+
+    ``metric_files[i]`` is the ``*_metrics.json`` of row i; its settings hash must be the
+    variant's, which guards against a row read from the wrong branch.
+    """
+    rows = tables()[table]
+    if len(metric_files) != len(rows):
+        raise ValueError(f"{table} has {len(rows)} rows, got {len(metric_files)} metric files")
+    paper = paper_tables()[table]["rows"]
+    metric = headline_metric(settings)
+    branch = branches(settings)
+    out = []
+    for v, path in zip(rows, metric_files, strict=True):
+        record = json.loads(Path(path).read_text())
+        expected = settings_hash(variant_settings(settings, v.name))
+        if record.get("settings_hash") != expected:
+            raise ValueError(f"{path}: settings hash {record.get('settings_hash')} is not "
+                             f"variant {v.name!r}'s ({expected})")
+        m = record["metrics"]
+        p = paper.get(v.paper_row, {}) if v.paper_row else {}
+        out.append({
+            "table": table, "variant": v.name, "paper_row": p.get("label", ""),
+            "branch": branch[v.name] or "main", "overrides": json.dumps(v.overrides),
+            "settings_hash": expected, "metric": metric, "ours": _pct(100 * m[metric]),
+            "frame_auc": _pct(100 * m["frame_auc"]), "frame_ap": _pct(100 * m["frame_ap"]),
+            "paper_ucf_auc": _pct(p.get("ucf_auc")), "paper_xd_ap": _pct(p.get("xd_ap")),
+        })
+    return out
+
+
+def write_table(rows: list[dict[str, str]], path: Path) -> None:
+    """Write rows as a TSV with a header (atomically)."""
+    from tpwng.store import atomic_path
+
+    lines = ["\t".join(TABLE_COLUMNS)] + ["\t".join(r[c] for c in TABLE_COLUMNS) for r in rows]
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+def read_table(path: Path) -> list[dict[str, str]]:
+    """Rows of a table TSV written by `write_table`."""
+    header, *lines = Path(path).read_text().splitlines()
+    return [dict(zip(header.split("\t"), line.split("\t"), strict=True)) for line in lines]
+
+
+def plot_table(rows: list[dict[str, str]], path: Path, title: str) -> None:
+    """Grouped bars per variant: our metric next to the paper's UCF AUC and XD AP."""
+    import numpy as np
+
+    from tpwng.plots import _figure
+
+    series = [("ours", f"ours ({rows[0]['metric']})", "#d62728"),
+              ("paper_ucf_auc", "paper UCF AUC", "#1f77b4"),
+              ("paper_xd_ap", "paper XD AP", "#9ecae1")]
+    values = {key: np.array([float(r[key]) if r[key] else np.nan for r in rows])
+              for key, _, _ in series}
+    low = np.nanmin(np.concatenate(list(values.values())))
+    x = np.arange(len(rows))
+    width = 0.8 / len(series)
+    with _figure(path, 1, 1, (max(6.0, 1.1 * len(rows) + 3), 3.8)) as (_, axes):
+        ax = axes[0, 0]
+        for k, (key, label, color) in enumerate(series):
+            vals = values[key]
+            offset = (k - (len(series) - 1) / 2) * width
+            bars = ax.bar(x + offset, vals, width, label=label, color=color)
+            ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
+        ax.set_xticks(x, [r["variant"] for r in rows], rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel("percent")
+        ax.set_ylim(max(0.0, 10 * np.floor((low - 5) / 10)), 102)
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+
+
+def build_table(table: str, settings: dict, metric_files: list[Path], out: Path,
+                plot: Path | None = None) -> list[dict[str, str]]:
+    """Assemble, write and (optionally) plot one ablation table."""
+    rows = assemble_table(table, settings, metric_files)
+    write_table(rows, out)
+    if plot is not None:
+        source = paper_tables()[table]["source"]
+        plot_table(rows, plot, f"{settings['name']}: {table} (paper {source})")
+    return rows
