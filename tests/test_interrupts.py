@@ -150,7 +150,8 @@ def _snakemake(cwd: Path, config: Path, *args: str) -> subprocess.Popen:
 def test_snakemake_killed_mid_run_reruns_to_identical_outputs(job, tmp_path):
     """Kill the scheduler and every job it started (SIGKILL to the group) at a seeded moment
     of a run from the videos to the trained model; unlock (a killed Snakemake leaves its lock)
-    and run the same target again: features and weights equal the reference run's."""
+    and run the same target again with --rerun-incomplete: features and weights equal the
+    reference run's."""
     target = "models/faulty/tpwng.pt"
     proc = _snakemake(tmp_path, job.config, target)
     time.sleep(random.Random(2024).uniform(2.0, 14.0))
@@ -164,7 +165,8 @@ def test_snakemake_killed_mid_run_reruns_to_identical_outputs(job, tmp_path):
             assert len(s.video_ids()) == 7
     unlock = _snakemake(tmp_path, job.config, "--unlock")
     assert unlock.wait(120) == 0, unlock.stdout.read()
-    again = _snakemake(tmp_path, job.config, target)
+    # a job killed mid-run is marked incomplete by Snakemake: its outputs are redone
+    again = _snakemake(tmp_path, job.config, target, "--rerun-incomplete")
     output = again.communicate(timeout=600)[0]
     assert again.returncode == 0, output[-3000:]
     assert (faults.store_checksums(tmp_path / "features/faulty/features.h5")
