@@ -29,16 +29,6 @@ def cmd_synth(a: argparse.Namespace) -> None:
     generate(Path(a.out), SyntheticSpec(**s.get("synthetic", {})), jobs=a.jobs)
 
 
-def _probe_for(settings: dict):
-    from tpwng.video import probe_video
-
-    if settings["extraction"].get("source") == "released":
-        from tpwng.released import released_probe
-
-        return released_probe(settings)
-    return probe_video
-
-
 def cmd_manifest(a: argparse.Namespace) -> None:
     from tpwng.datasets import make_manifest
 
