@@ -31,6 +31,7 @@ from tpwng.datasets import (
     DatasetError,
     folder_entries,
     make_manifest,
+    read_cuts,
     read_manifest,
     read_skipped,
     ucf_entries,
@@ -102,7 +103,8 @@ def _manifest_both_ways(root: Path, tmp_path: Path, good_rows, path: Path, error
     listed = read_skipped(out / "skipped.tsv")
     assert [(s.video_id, s.path, s.split) for s in listed] == [(path.stem, str(path), "train")]
     assert re.search(skip_text or error_text, listed[0].reason), listed[0].reason
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.tsv", "skipped.tsv"]
+    assert sorted(p.name for p in out.iterdir()) == ["annotation_cuts.tsv", "manifest.tsv",
+                                                     "skipped.tsv"]
 
 
 def _good_mp4(path: Path) -> Path:
@@ -359,7 +361,35 @@ def test_duplicate_video_ids(good, tmp_path):
     assert not (tmp_path / "m.tsv").exists()
 
 
+def test_annotation_overshoot_within_tolerance_is_cut_and_listed(good, tmp_path):
+    """An interval ending 10 frames past a 40-frame video is cut to its end (tolerance: one
+    snippet, 16 frames), listed in annotation_cuts.tsv, and the manifest is otherwise as
+    before; with annotation_tolerance 0 the same line is an error naming the file."""
+    root = faults.copy_dataset(good, tmp_path / "ds")
+    lines = (root / "annotations.txt").read_text().splitlines()
+    (root / "annotations.txt").write_text(f"{lines[0]}\ntf1.mp4  Fighting  8  50\n")
+    out = tmp_path / "out"
+    rows, _ = make_manifest(faults.folder_settings(root), out / "manifest.tsv", progress=False)
+    by_id = {r.video_id: r for r in read_manifest(out / "manifest.tsv")}
+    assert by_id["tf1"].frames == 40 and by_id["tf1"].intervals == [(8, 40)]
+    cuts = read_cuts(out / "annotation_cuts.tsv")
+    assert [(c.video_id, c.written, c.used, c.frames, c.overshoot) for c in cuts] == [
+        ("tf1", (8, 50), (8, 40), 40, 10)]
+    assert cuts[0].source == str(root / "annotations.txt")
+    strict = faults.folder_settings(root) | {"annotation_tolerance": 0}
+    with pytest.raises(DatasetError, match=r"annotated interval 8-50 is not within its 40 "
+                                           r"frames \(it ends 10 frames past the end, more than "
+                                           r"annotation_tolerance = 0 frames"):
+        make_manifest(strict, tmp_path / "strict" / "manifest.tsv", progress=False)
+    assert not (tmp_path / "strict" / "manifest.tsv").exists()
+
+
 @pytest.mark.parametrize(("line", "text"), [
+    ("tf1.mp4  Fighting  8  57", r"annotations.txt: video tf1 \(.*tf1.mp4\): annotated "
+                                 r"interval 8-57 is not within its 40 frames \(it ends 17 frames "
+                                 r"past the end, more than annotation_tolerance = 16 frames"),
+    ("tf1.mp4  Fighting  40  48", r"annotated interval 40-48 is not within its 40 frames "
+                                  r"\(its start lies past the end"),
     ("tf1.mp4  Fighting  8  400", r"annotations.txt: video tf1 \(.*tf1.mp4\): annotated "
                                   r"interval 8-400 is not within its 40 frames"),
     ("tf1.mp4  Fighting  30  8", r"annotations.txt:2: bad interval 30-8 \(need 0 <= start "
@@ -662,7 +692,9 @@ def test_disk_full_is_a_clear_error_without_partial_output(trained, tmp_path, cl
                       "full or a file size limit or quota was reached); no partial output was "
                       "left"], log[-2000:]
     assert "Traceback" not in log
-    assert [p.name for p in out.parent.iterdir()] in ([], ["skipped.tsv"])
+    # the manifest stage writes its two side lists (complete) before the manifest itself
+    assert sorted(p.name for p in out.parent.iterdir()) in (
+        [], ["skipped.tsv"], ["annotation_cuts.tsv", "skipped.tsv"])
     code, log = cli(_stage_argv(stage, settings, d, out), tmp_path)  # room again: it completes
     assert code == 0, log[-2000:]
     assert out.exists()

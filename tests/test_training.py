@@ -10,7 +10,7 @@ from tpwng.errors import CheckpointError
 from tpwng.inference import load_model
 from tpwng.sequences import cap_length, epoch_batches, pad_batch, snippet_truth
 from tpwng.store import StoreError, StoreWriter
-from tpwng.train import train
+from tpwng.train import epoch_items, load_train_videos, read_log, train
 
 
 def test_cap_length_averages_uniform_bins():
@@ -50,7 +50,7 @@ def test_snippet_truth_majority_then_capped():
     assert snippet_truth(labels, 16, 256).tolist() == [0, 1, 1, 1, 0, 0, 0]
 
 
-def _toy_dataset(tmp_path, prov_model="tpwng-tiny-ViT-B-16", n=6, stride=16):
+def _toy_dataset(tmp_path, prov_model="tpwng-tiny-ViT-B-16", n=6, stride=16, crops=1):
     rng = np.random.default_rng(0)
     rows = []
     prov = {"model": prov_model, "weights": "random-init:seed=0", "stride": stride,
@@ -60,7 +60,7 @@ def _toy_dataset(tmp_path, prov_model="tpwng-tiny-ViT-B-16", n=6, stride=16):
             for split in ("train", "test"):
                 normal = i % 2 == 0
                 t = int(rng.integers(5, 40))
-                feats = rng.normal(size=(t, 1, 512)) + (0 if normal else 0.5)
+                feats = rng.normal(size=(t, crops, 512)) + (0 if normal else 0.5)
                 vid = f"{split}{i}"
                 w.add(vid, feats)
                 iv = [] if normal or split == "train" else [(16, 16 * t - 1)]
@@ -126,3 +126,40 @@ def test_checkpoint_from_another_config_is_refused(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="bad.pt"):
         load_model(tmp_path / "bad.pt", arch)
+
+
+def test_multi_crop_epoch_visits_every_video_and_crop_pair_once(tmp_path):
+    """A 10-crop store: epoch_over crops = every (video, crop) pair once per epoch (10x the
+    steps of epoch_over videos); logged per epoch and recorded in the checkpoint."""
+    manifest, feats = _toy_dataset(tmp_path, crops=10)
+    s = _settings(1)
+    videos = load_train_videos(s, manifest, feats)
+    normal = [v for v in videos if v.normal]
+    idx, crops = epoch_items(normal, "crops")
+    assert len(normal) == 3 and sorted(zip(idx, crops, strict=True)) == [
+        (i, c) for i in range(3) for c in range(10)]
+    assert epoch_items(normal, "videos") == ([0, 1, 2], None)
+    steps = {}
+    for mode in ("crops", "videos"):
+        s["train"] = s["train"] | {"epoch_over": mode}
+        meta = train(s, manifest, feats, tmp_path / f"{mode}.pt", tmp_path / f"{mode}.tsv")
+        steps[mode] = meta["steps_per_epoch"]
+        assert meta["epoch_over"] == mode
+        assert [r["steps"] for r in read_log(tmp_path / f"{mode}.tsv")] == [steps[mode]]
+    # 3 normal + 3 anomalous training videos, batches of 2 + 2
+    assert steps == {"crops": 15, "videos": 2}
+
+
+def test_single_crop_stores_train_the_same_in_both_epoch_modes(tmp_path):
+    manifest, feats = _toy_dataset(tmp_path)
+    states = []
+    for mode in ("crops", "videos"):
+        s = _settings(1)
+        s["train"] = s["train"] | {"epoch_over": mode}
+        meta = train(s, manifest, feats, tmp_path / f"{mode}.pt", tmp_path / f"{mode}.tsv")
+        assert meta["steps_per_epoch"] == 2
+        states.append(load_checkpoint(tmp_path / f"{mode}.pt")["state"])
+    for k in states[0]:
+        assert torch.equal(states[0][k], states[1][k]), k
+    with pytest.raises(ValueError, match="epoch_over"):
+        epoch_items([], "clips")

@@ -33,12 +33,14 @@ def cmd_manifest(a: argparse.Namespace) -> None:
     from tpwng.datasets import make_manifest
 
     s = _settings(a.settings)
-    if not s.get("root"):
+    released = s["extraction"].get("source") == "released"
+    if not s.get("root") and not released:
         raise UserError(
             f"dataset {s['name']!r} has no root: set datasets.{s['name']}.root in config.yaml "
             f"or pass --config {s['name']}_root=DIR"
         )
-    rows, skipped = make_manifest(s, Path(a.out), Path(a.skipped) if a.skipped else None)
+    rows, skipped = make_manifest(s, Path(a.out), Path(a.skipped) if a.skipped else None,
+                                  cuts_out=Path(a.cuts) if a.cuts else None)
     log.info("%s: %d videos, %d skipped", a.out, len(rows), len(skipped))
 
 
@@ -196,7 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("synth", cmd_synth, "generate the synthetic dataset", settings, ("--out", req),
         ("--jobs", {"type": int, "default": 1}))
     add("manifest", cmd_manifest, "build a dataset manifest", settings, ("--out", req),
-        ("--skipped", {"help": "list of skipped bad videos (default: skipped.tsv beside --out)"}))
+        ("--skipped", {"help": "list of skipped bad videos (default: skipped.tsv beside --out)"}),
+        ("--cuts", {"help": "annotated intervals cut to their video's end (default: "
+                            "annotation_cuts.tsv beside --out)"}))
     add("extract", cmd_extract, "extract CLIP features of one shard", settings, manifest,
         ("--shard", {"type": int, "default": 0}), ("--shards", {"type": int, "default": 1}),
         ("--out", req))

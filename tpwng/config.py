@@ -59,6 +59,7 @@ def dataset_settings(config: dict, name: str) -> dict:
         raise ConfigError(f"unknown dataset {name!r}; configured: {sorted(datasets)}")
     ds = datasets[name]
     out = {"name": name, "format": ds["format"], "root": ds.get("root"),
+           "annotation_tolerance": ds.get("annotation_tolerance"),
            "classes": list(ds.get("classes") or []), "synthetic": dict(ds.get("synthetic") or {}),
            "evaluate": dict(config.get("evaluate") or {})}
     override = config.get(f"{name}_root")

@@ -476,6 +476,54 @@ class SkippedVideo:
     reason: str
 
 
+@dataclass(frozen=True)
+class AnnotationCut:
+    """An annotated interval that ended past its video's last frame and was cut to the end."""
+
+    video_id: str
+    written: Interval
+    used: Interval
+    frames: int
+    source: str = ""
+
+    @property
+    def overshoot(self) -> int:
+        """Frames the interval as written ran past the video's end."""
+        return self.written[1] - self.frames
+
+
+def fit_intervals(entry: VideoEntry, frames: int,
+                  tolerance: int) -> tuple[list[Interval], list[AnnotationCut]]:
+    """The entry's intervals fitted to a video of ``frames`` frames, and the cuts made.
+
+    An interval whose end lies past the last frame by at most ``tolerance`` frames is cut to
+    the video's end (public evaluation scripts cut such annotations the same way: their ground
+    truth is as long as the video's snippets). A start at or past the end, or an end more than
+    ``tolerance`` frames past it, is a :class:`DatasetError` naming the annotation file.
+    """
+    intervals: list[Interval] = []
+    cuts: list[AnnotationCut] = []
+    where = f"{entry.source}: " if entry.source else ""
+    for start, end in entry.intervals:
+        if 0 <= start < end <= frames:
+            intervals.append((int(start), int(end)))
+            continue
+        overshoot = end - frames
+        if start < 0 or start >= frames or overshoot > tolerance:
+            beyond = ("its start lies past the end" if start >= frames else
+                      f"it ends {overshoot} frames past the end, more than "
+                      f"annotation_tolerance = {tolerance} frames")
+            raise DatasetError(
+                f"{where}video {entry.video_id} ({entry.path}): annotated interval "
+                f"{start}-{end} is not within its {frames} frames ({beyond}; is the video "
+                "truncated, or the annotation wrong?)"
+            )
+        intervals.append((int(start), int(frames)))
+        cuts.append(AnnotationCut(entry.video_id, (int(start), int(end)), (int(start), frames),
+                                  int(frames), entry.source))
+    return intervals, cuts
+
+
 # What a bad video raises while it is probed or test-decoded: these, and only these, may be
 # skipped. Errors of the lists and annotations are never skipped.
 BAD_VIDEO_ERRORS = (VideoError, StoreError)
@@ -501,15 +549,20 @@ def build_manifest(
     on_bad_video: str = "error",
     check: Callable[[str, VideoInfo], None] | None = None,
     skipped: list[SkippedVideo] | None = None,
+    tolerance: int = 0,
+    cuts: list[AnnotationCut] | None = None,
 ) -> list[ManifestRow]:
-    """Probe every video and check its annotation against the probed frame count.
+    """Probe every video and fit its annotation to the probed frame count.
+
+    An interval ending at most ``tolerance`` frames past the video's end is cut to the end
+    and the cut appended to ``cuts`` (see :func:`fit_intervals`).
 
     A video that cannot be used (``probe`` or ``check`` raise one of BAD_VIDEO_ERRORS, or it
     has no frames or no valid frame rate) is, with ``on_bad_video="error"``, reported in one
     error (of the first such error's type) naming every such file once all are probed; with
     ``"skip"`` it is left out and appended to ``skipped`` with the reason. Duplicate ids and
-    annotated intervals that do not fit the video are errors either way: skipping them would
-    silently change the ground truth.
+    annotated intervals that do not fit the video (beyond the tolerance) are errors either way:
+    skipping them would silently change the ground truth.
     """
     if on_bad_video not in BAD_VIDEO_ACTIONS:
         raise DatasetError(f"on_bad_video must be one of {BAD_VIDEO_ACTIONS}, got "
@@ -527,23 +580,17 @@ def build_manifest(
             if not (math.isnan(info.fps) or (math.isfinite(info.fps) and info.fps > 0)):
                 raise UnusableVideoError(f"{entry.path}: video {entry.video_id} has invalid "
                                          f"fps {info.fps}")
-            for start, end in entry.intervals:
-                if not 0 <= start < end <= info.frames:
-                    where = f"{entry.source}: " if entry.source else ""
-                    raise DatasetError(
-                        f"{where}video {entry.video_id} ({entry.path}): annotated interval "
-                        f"{start}-{end} is not within its {info.frames} frames (is the video "
-                        "truncated, or the annotation wrong?)"
-                    )
+            intervals, video_cuts = fit_intervals(entry, int(info.frames), tolerance)
             if check is not None:
                 check(entry.path, info)
         except BAD_VIDEO_ERRORS as exc:
             bad.append((entry, exc))
             continue
+        if cuts is not None:
+            cuts.extend(video_cuts)
         rows.append(ManifestRow(
-            entry.video_id, entry.path, entry.split, list(entry.classes),
-            [tuple(i) for i in entry.intervals], int(info.frames), float(info.fps),
-            int(info.width), int(info.height),
+            entry.video_id, entry.path, entry.split, list(entry.classes), intervals,
+            int(info.frames), float(info.fps), int(info.width), int(info.height),
         ))
     if bad and on_bad_video == "error":
         raise _bad_video_error(bad, len(entries))
@@ -554,23 +601,40 @@ def build_manifest(
     return rows
 
 
+def annotation_tolerance(settings: dict) -> int:
+    """Frames an annotated interval may end past its video's end: the setting, else the stride."""
+    value = settings.get("annotation_tolerance")
+    if value is None:
+        value = int((settings.get("extraction") or {}).get("stride", 16))
+    return int(value)
+
+
 def make_manifest(settings: dict, out: str | os.PathLike[str],
                   skipped_out: str | os.PathLike[str] | None = None,
-                  progress: bool = True) -> tuple[list[ManifestRow], list[SkippedVideo]]:
+                  progress: bool = True,
+                  cuts_out: str | os.PathLike[str] | None = None,
+                  ) -> tuple[list[ManifestRow], list[SkippedVideo]]:
     """The manifest stage: list, probe and (when skipping bad videos) test-decode every video.
 
-    Writes the manifest and the list of skipped videos (``skipped_out``, default
-    ``skipped.tsv`` beside the manifest; only its header when nothing was skipped). With
-    ``extraction.on_bad_video: skip`` every sampled frame of every video is decoded here, so
-    that a video extraction could not decode is left out now, before any later stage sees the
-    video set; extraction then never skips anything.
+    Writes the manifest, the list of skipped videos (``skipped_out``, default ``skipped.tsv``
+    beside the manifest; only its header when nothing was skipped) and the annotated intervals
+    cut to their video's end (``cuts_out``, default ``annotation_cuts.tsv`` beside it; see
+    :func:`fit_intervals`). With ``extraction.on_bad_video: skip`` every sampled frame of every
+    video is decoded here, so that a video extraction could not decode is left out now, before
+    any later stage sees the video set; extraction then never skips anything. Released features
+    (``extraction.source: released``) stand in for the videos: a video's frame count is 16 x
+    its snippets, and the dataset root defaults to ``extraction.released_dir``.
     """
     ex = settings.get("extraction") or {}
     released = ex.get("source", "extract") == "released"
     action = ex.get("on_bad_video", "error")
     skip = action == "skip"
-    entries = entries_for(settings["format"], Path(settings["root"]),
-                          require_files=not released, missing_ok=skip)
+    root = settings.get("root") or (ex.get("released_dir") if released else None)
+    if not root:
+        raise DatasetError(f"dataset {settings.get('name')!r} has no root: set "
+                           f"datasets.{settings.get('name')}.root")
+    entries = entries_for(settings["format"], Path(root), require_files=not released,
+                          missing_ok=skip)
     timeout = float(ex.get("decode_timeout", DECODE_TIMEOUT))
     check = None
     if released:
@@ -587,11 +651,57 @@ def make_manifest(settings: dict, out: str | os.PathLike[str],
                                 ex.get("sample", "center"), int(ex.get("decode_chunk", 32)),
                                 timeout)
     skipped: list[SkippedVideo] = []
+    cuts: list[AnnotationCut] = []
+    tolerance = annotation_tolerance(settings)
     rows = build_manifest(entries, probe, progress, on_bad_video=action, check=check,
-                          skipped=skipped)
+                          skipped=skipped, tolerance=tolerance, cuts=cuts)
+    cuts_path = Path(cuts_out) if cuts_out else Path(out).with_name("annotation_cuts.tsv")
+    write_cuts(cuts, cuts_path)
     write_skipped(skipped, skipped_out or Path(out).with_name("skipped.tsv"))
     write_manifest(rows, out)
+    if cuts:
+        log.info("cut %d annotated intervals of %d videos to their video's end (by %d-%d "
+                 "frames, annotation_tolerance %d); listed in %s", len(cuts),
+                 len({c.video_id for c in cuts}), min(c.overshoot for c in cuts),
+                 max(c.overshoot for c in cuts), tolerance, cuts_path)
+    else:
+        log.info("every annotated interval lies within its video (nothing cut)")
     return rows, skipped
+
+
+CUTS_COLUMNS = ["video_id", "interval_written", "interval_used", "frames", "overshoot",
+                "annotation"]
+
+
+def write_cuts(cuts: Sequence[AnnotationCut], path: str | os.PathLike[str]) -> None:
+    """Write the annotation cuts (TSV, one row per cut interval) atomically."""
+    import pandas as pd
+
+    table = pd.DataFrame(
+        [(c.video_id, f"{c.written[0]}-{c.written[1]}", f"{c.used[0]}-{c.used[1]}", c.frames,
+          c.overshoot, c.source) for c in cuts],
+        columns=CUTS_COLUMNS,
+    )
+    _write_atomic(table.to_csv(sep="\t", index=False, lineterminator="\n").splitlines(), path)
+
+
+def read_cuts(path: str | os.PathLike[str]) -> list[AnnotationCut]:
+    """Read a list written by :func:`write_cuts`."""
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{path}: cannot read annotation cuts ({exc})") from None
+    if list(table.columns) != CUTS_COLUMNS:
+        raise DatasetError(f"{path}: not an annotation-cuts list (header {CUTS_COLUMNS})")
+
+    def interval(text: str) -> Interval:
+        start, _, end = text.partition("-")
+        return int(start), int(end)
+
+    return [AnnotationCut(r.video_id, interval(r.interval_written), interval(r.interval_used),
+                          int(r.frames), r.annotation) for r in table.itertuples()]
 
 
 def _write_atomic(lines: list[str], path: str | os.PathLike[str]) -> None:

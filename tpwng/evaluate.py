@@ -7,11 +7,13 @@ import logging
 import subprocess
 from pathlib import Path
 
+import numpy as np
+
 from tpwng import __version__
 from tpwng.checkpoint import load_checkpoint
 from tpwng.config import settings_hash
 from tpwng.datasets import read_manifest
-from tpwng.inference import read_scores
+from tpwng.inference import read_scores, read_stride
 from tpwng.metrics import VideoResult, intervals_to_labels, metrics_table
 from tpwng.plots import plot_roc_pr, plot_score_curves
 from tpwng.store import atomic_path
@@ -28,14 +30,39 @@ def git_commit() -> str:
         return "unknown"
 
 
-def video_results(manifest: Path, scores: Path) -> list[VideoResult]:
+FRAME_CONVENTIONS = ("video", "snippets")
+
+
+def video_results(manifest: Path, scores: Path, frames: str = "video") -> list[VideoResult]:
+    """Scores and ground truth of every scored test video, in the scores file's order.
+
+    ``frames="video"`` scores each video's own frames (``scores.h5`` frame scores);
+    ``"snippets"`` scores stride x snippets frames, each snippet's score repeated over its
+    stride and the last partial snippet padded with its own score, as the published evaluation
+    scripts do; the padded frames lie past the video's end, where no annotation reaches, so
+    their ground truth is normal.
+    """
+    if frames not in FRAME_CONVENTIONS:
+        raise ValueError(f"evaluate.frames must be one of {FRAME_CONVENTIONS}, got {frames!r}")
     rows = {r.video_id: r for r in read_manifest(manifest) if r.split == "test"}
-    order, frames, _ = read_scores(scores)
+    order, frame_scores, snippet_scores = read_scores(scores)
     missing = sorted(set(rows) - set(order))
     if missing:
         raise ValueError(f"{scores}: no scores for test videos {missing[:5]}")
-    return [VideoResult(v, list(rows[v].classes), frames[v],
-                        intervals_to_labels(rows[v].intervals, rows[v].frames)) for v in order]
+    stride = read_stride(scores)
+    out = []
+    for v in order:
+        if frames == "video":
+            values, n = frame_scores[v], rows[v].frames
+        else:
+            values = np.repeat(snippet_scores[v].astype(np.float64), stride)
+            n = len(values)
+            if n < rows[v].frames:
+                raise ValueError(f"{scores}: video {v} has {len(snippet_scores[v])} snippets of "
+                                 f"{stride} frames, fewer than its {rows[v].frames} frames")
+        out.append(VideoResult(v, list(rows[v].classes), values,
+                               intervals_to_labels(rows[v].intervals, n)))
+    return out
 
 
 def _write_json(obj: dict, path: Path) -> None:
@@ -54,7 +81,8 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def evaluate(settings: dict, manifest: Path, scores: Path, model: Path, prefix: str) -> dict:
-    videos = video_results(manifest, scores)
+    convention = settings["evaluate"].get("frames", "video")
+    videos = video_results(manifest, scores, convention)
     threshold = float(settings["evaluate"]["threshold"])
     table = metrics_table(videos, threshold=threshold)
     meta = load_checkpoint(model)["meta"]
@@ -70,6 +98,9 @@ def evaluate(settings: dict, manifest: Path, scores: Path, model: Path, prefix: 
         "epochs": meta["epochs"],
         "seed": meta["seed"],
         "tpwng_version": __version__,
+        "frame_convention": convention,
+        "frames_evaluated": int(sum(v.frame_scores.size for v in videos)),
+        "videos_evaluated": len(videos),
     }
     full = {**record, "metrics": table}
     _write_json(full, Path(f"{prefix}_metrics.json"))

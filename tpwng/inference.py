@@ -83,3 +83,9 @@ def read_scores(path: Path) -> tuple[list[str], dict[str, np.ndarray], dict[str,
         frames = {v: f["frames"][v][()] for v in order}
         snippets = {v: f["snippets"][v][()] for v in order}
     return order, frames, snippets
+
+
+def read_stride(path: Path) -> int:
+    """Frames per snippet of the scores in a scores file."""
+    with open_sealed(path) as f:
+        return int(f.attrs["stride"])

@@ -73,11 +73,34 @@ def feature_stats(videos: list[TrainVideo]) -> tuple[torch.Tensor, torch.Tensor]
     return torch.from_numpy(flat.mean(0)).float(), torch.from_numpy(flat.std(0)).float()
 
 
-def _batch(videos: list[TrainVideo], idx, rng: np.random.Generator, device):
+EPOCH_MODES = ("crops", "videos")
+
+
+def epoch_items(videos: list[TrainVideo], epoch_over: str) -> tuple[list[int], list[int] | None]:
+    """What one epoch visits once: (video index, crop) pairs, or every video once.
+
+    ``crops`` visits every (video, crop) pair of a multi-crop store, as loaders over the
+    released feature lists (one row per video and crop) do; ``videos`` visits every video once
+    with a crop drawn at random per step. The two are the same for a single-crop store, which
+    takes the ``videos`` path. Returns (video index per item, crop per item or None).
+    """
+    if epoch_over not in EPOCH_MODES:
+        raise ValueError(f"train.epoch_over must be one of {EPOCH_MODES}, got {epoch_over!r}")
+    if epoch_over == "videos" or all(v.features.shape[1] == 1 for v in videos):
+        return list(range(len(videos))), None
+    pairs = [(i, c) for i, v in enumerate(videos) for c in range(v.features.shape[1])]
+    return [i for i, _ in pairs], [c for _, c in pairs]
+
+
+def _batch(videos: list[TrainVideo], idx, rng: np.random.Generator, device,
+           crops: list[int] | None = None):
+    """Padded features of videos ``idx`` and their mask: the given crop of each, else a
+    random one."""
     seqs = []
-    for i in idx:
+    for k, i in enumerate(idx):
         f = videos[i].features
-        seqs.append(f[:, rng.integers(f.shape[1])].astype(np.float32))
+        c = crops[k] if crops is not None else rng.integers(f.shape[1])
+        seqs.append(f[:, c].astype(np.float32))
     x, mask = pad_batch(seqs)
     return x.to(device), mask.to(device)
 
@@ -143,6 +166,14 @@ def train(settings: dict, manifest: Path, features: Path, out: Path, log_path: P
     params = list(model.trainable_parameters())
     opt = torch.optim.Adam(params, lr=float(tr["lr"]), weight_decay=float(tr["weight_decay"]))
 
+    epoch_over = str(tr.get("epoch_over", "crops"))
+    items_n, crops_n = epoch_items(normal, epoch_over)
+    items_a, crops_a = epoch_items(anomalous, epoch_over)
+    steps = len(epoch_batches(len(items_n), len(items_a), int(tr["batch_normal"]),
+                              int(tr["batch_anomalous"]), np.random.default_rng(0)))
+    log.info("an epoch is %d steps over %d normal and %d anomalous %s (train.epoch_over: %s)",
+             steps, len(items_n), len(items_a),
+             "(video, crop) pairs" if crops_n is not None else "videos", epoch_over)
     rows_log: list[dict] = []
     epochs = int(tr["epochs"])
     t_start = time.perf_counter()
@@ -152,11 +183,14 @@ def train(settings: dict, manifest: Path, features: Path, out: Path, log_path: P
         t0 = time.perf_counter()
         model.train()
         sums: dict[str, float] = {}
-        batches = epoch_batches(len(normal), len(anomalous), int(tr["batch_normal"]),
+        batches = epoch_batches(len(items_n), len(items_a), int(tr["batch_normal"]),
                                 int(tr["batch_anomalous"]), rng)
-        for idx_n, idx_a in batches:
-            xn, mn = _batch(normal, idx_n, rng, device)
-            xa, ma = _batch(anomalous, idx_a, rng, device)
+        for pos_n, pos_a in batches:
+            idx_n, idx_a = [items_n[p] for p in pos_n], [items_a[p] for p in pos_a]
+            xn, mn = _batch(normal, idx_n, rng, device,
+                            None if crops_n is None else [crops_n[p] for p in pos_n])
+            xa, ma = _batch(anomalous, idx_a, rng, device,
+                            None if crops_a is None else [crops_a[p] for p in pos_a])
             ya = _labels(anomalous, idx_a, classes, device)
             loss, logs, _ = model.training_step(xn, mn, xa, ma, ya)
             opt.zero_grad(set_to_none=True)
@@ -164,7 +198,8 @@ def train(settings: dict, manifest: Path, features: Path, out: Path, log_path: P
             opt.step()
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
-        row = {"epoch": epoch, **{k: v / len(batches) for k, v in sums.items()},
+        row = {"epoch": epoch, "steps": len(batches),
+               **{k: v / len(batches) for k, v in sums.items()},
                "seconds": time.perf_counter() - t0}
         row.update(pseudo_label_diagnostics(model, normal, anomalous, classes, device))
         rows_log.append(row)
@@ -180,6 +215,8 @@ def train(settings: dict, manifest: Path, features: Path, out: Path, log_path: P
         "store": expected_store_provenance(settings) | {"weights": identity},
         "dim": dim,
         "epochs": epochs,
+        "epoch_over": epoch_over,
+        "steps_per_epoch": steps,
         "seed": seed,
         "settings_hash": settings_hash(settings),
         "train_videos": {"normal": len(normal), "anomalous": len(anomalous)},

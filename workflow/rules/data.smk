@@ -21,12 +21,15 @@ rule manifest:
     """One row per video: id, path, split, label, classes, intervals, frames, fps, size.
 
     skipped.tsv lists the videos left out (extraction.on_bad_video: skip) with the reason;
-    every later stage reads the manifest, so all of them see the same video set."""
+    annotation_cuts.tsv the annotated intervals cut to their video's end
+    (annotation_tolerance). Every later stage reads the manifest, so all of them see the same
+    video set and ground truth."""
     input:
         manifest_inputs,
     output:
         manifest="data/{dataset}/manifest.tsv",
         skipped="data/{dataset}/skipped.tsv",
+        cuts="data/{dataset}/annotation_cuts.tsv",
     params:
         settings=settings_json,
     log:
@@ -35,4 +38,4 @@ rule manifest:
         ENV
     shell:
         "tpwng manifest --settings {params.settings:q} --out {output.manifest} "
-        "--skipped {output.skipped} 2> {log}"
+        "--skipped {output.skipped} --cuts {output.cuts} 2> {log}"
