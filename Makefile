@@ -7,10 +7,10 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: venv demo test slurm lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,slurm]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,slurm]'
 	touch $(STAMP)
 
 venv: $(STAMP)

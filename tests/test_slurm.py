@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 # The profile asks for site-sized jobs (8 CPUs, 32 GB for extraction), which a 2-core CI node
 # can never satisfy: SLURM would keep them PENDING (PartitionConfig) forever. Command-line
 # settings replace the profile's, so every rule is restated here at CI size, GPUs included.
-_RULES = ("synthesize", "manifest", "extract_shard", "feature_view", "train", "score",
+_RULES = ("synthesize", "manifest", "extract_shard", "feature_view", "train", "infer",
           "evaluate", "diagnostics")
 SIZE_TO_CI_NODE = (
     "--set-resources",
@@ -59,7 +59,7 @@ def test_synthetic_dag_through_slurm_equals_local_run(cluster, tiny_local_run, t
     )
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     # every job went through sbatch: the controller knows 9 of them (synthesize, manifest,
-    # 2 shards, view, train, score, evaluate, diagnostics) and the plugin logged each id
+    # 2 shards, view, train, infer, evaluate, diagnostics) and the plugin logged each id
     ids = cluster.sbatch_job_ids()
     assert len(ids) >= 9, ids
     submitted = re.findall(r"submitted with SLURM jobid (\d+)", out.stdout + out.stderr)
@@ -88,7 +88,7 @@ def test_dry_run_with_slurm_profile_shows_every_rules_resources(tmp_path):
             rule = line.split()[1].rstrip(":")
         elif line.strip().startswith("resources:") and rule:
             resources[rule] = line
-    jobs = {"synthesize", "manifest", "extract_shard", "feature_view", "train", "score",
+    jobs = {"synthesize", "manifest", "extract_shard", "feature_view", "train", "infer",
             "evaluate", "diagnostics"}
     assert jobs <= set(resources), resources
     for rule in jobs:

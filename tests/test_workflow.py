@@ -37,7 +37,7 @@ def test_ucf_dry_run_lists_the_real_dag(fake_ucf_root, tmp_path):
     assert out.returncode == 0, out.stderr
     counts = job_counts(out.stdout)
     assert counts == {"manifest": 1, "extract_shard": 16, "feature_view": 1, "train": 1,
-                      "score": 1, "evaluate": 1}, out.stdout
+                      "infer": 1, "evaluate": 1}, out.stdout
     out = snakemake("-n", "--cores", "8", "features/ucf/features.h5", "--config",
                     f"ucf_root={fake_ucf_root}", cwd=tmp_path, config=REPO / "config.yaml")
     assert job_counts(out.stdout) == {"manifest": 1, "extract_shard": 16, "feature_view": 1}
@@ -48,7 +48,7 @@ def test_xd_dry_run_lists_the_real_dag(tmp_path):
                     cwd=tmp_path, config=REPO / "config.yaml")
     assert out.returncode == 0, out.stderr
     assert job_counts(out.stdout) == {"manifest": 1, "extract_shard": 32, "feature_view": 1,
-                                      "train": 1, "score": 1, "evaluate": 1}
+                                      "train": 1, "infer": 1, "evaluate": 1}
 
 
 def test_released_features_route_dry_run(tmp_path):
@@ -56,7 +56,7 @@ def test_released_features_route_dry_run(tmp_path):
                     "ucf_root=/data/UCF", cwd=tmp_path, config=_released_config(tmp_path))
     assert out.returncode == 0, out.stderr
     assert job_counts(out.stdout) == {"manifest": 1, "import_released": 1, "feature_view": 1,
-                                      "train": 1, "score": 1, "evaluate": 1}
+                                      "train": 1, "infer": 1, "evaluate": 1}
 
 
 def _released_config(tmp_path: Path) -> Path:
@@ -121,3 +121,72 @@ def test_whole_dag_from_videos_to_metrics(tiny_local_run):
     for name in ("score_curves", "roc_pr", "pseudo_labels", "similarities", "training"):
         png = tmp_path / f"results/synthetic/plots/{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _overlay(d: Path, name: str, section: str, **values) -> Path:
+    """The run's tiny config with `values` changed in one section: the synthetic dataset's
+    own, or the top level's for `evaluate` (a dataset has no evaluate section)."""
+    cfg = yaml.safe_load((d / "tiny.yaml").read_text())
+    where = cfg if section == "evaluate" else cfg["datasets"]["synthetic"]
+    where[section] = {**(where.get(section) or {}), **values}
+    path = d / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+DOWNSTREAM_OF_TRAINING = {"train": 1, "infer": 1, "evaluate": 1, "diagnostics": 1}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("section", "values", "scheduled"), [
+    ("model", {"theta": 0.45}, DOWNSTREAM_OF_TRAINING),
+    ("train", {"epochs": 3}, DOWNSTREAM_OF_TRAINING),
+    ("evaluate", {"threshold": 0.4}, {"evaluate": 1}),
+    ("evaluate", {"plot_videos": 3}, {"evaluate": 1, "diagnostics": 1}),
+])
+def test_a_setting_reruns_exactly_the_stages_that_read_it(tiny_local_run, section, values,
+                                                          scheduled):
+    """After a complete run, a changed setting schedules only the stages that read it: a
+    model tweak never re-extracts features."""
+    d = tiny_local_run
+    config = _overlay(d, f"{section}-{'-'.join(values)}", section, **values)
+    out = snakemake("-n", "--cores", "2", cwd=d, config=config)
+    assert out.returncode == 0, out.stderr[-3000:]
+    counts = job_counts(out.stdout)
+    counts.pop("all", None)  # the target rule itself, whenever anything below it runs
+    assert counts == scheduled, out.stdout
+
+
+@pytest.mark.slow
+def test_changing_the_stride_reextracts(tiny_local_run):
+    d = tiny_local_run
+    out = snakemake("-n", "--cores", "2", cwd=d,
+                    config=_overlay(d, "stride", "extraction", stride=8))
+    assert out.returncode == 0, out.stderr[-3000:]
+    counts = job_counts(out.stdout)
+    assert counts["extract_shard"] == 2 and "synthesize" not in counts, out.stdout
+
+
+@pytest.mark.slow
+def test_a_deleted_shard_is_reextracted_by_the_next_run(tiny_local_run, tmp_path):
+    """A shard lost after a complete run (e.g. an interrupted forced run): the next run that
+    needs the features re-extracts it first, then trains with the changed setting."""
+    import shutil
+
+    d = tmp_path / "run"
+    shutil.copytree(tiny_local_run, d, symlinks=True)
+    shard = d / "features/synthetic/shards/001-of-002.h5"
+    shard.unlink()
+    config = _overlay(d, "theta", "model", theta=0.45)
+    dry = snakemake("-n", "--cores", "2", cwd=d, config=config)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert job_counts(dry.stdout).get("extract_shard") == 1, dry.stdout
+    out = snakemake("--cores", "2", cwd=d, config=config)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert shard.is_file()
+    from tpwng.checkpoint import load_checkpoint
+
+    assert load_checkpoint(d / "models/synthetic/tpwng.pt")["meta"]["model_config"]["theta"] \
+        == 0.45
+    again = snakemake("-n", "--cores", "2", cwd=d, config=config)
+    assert "Nothing to be done" in again.stdout + again.stderr

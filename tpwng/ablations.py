@@ -18,7 +18,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from tpwng.config import SCHEMA_PATH, ConfigError, settings_hash
+from tpwng.config import SCHEMA_PATH, ConfigError, settings_hash, stage_settings
 
 RESOURCES = Path(__file__).resolve().parent / "resources"
 TABLE_COLUMNS = (
@@ -89,13 +89,19 @@ def variant_settings(settings: dict, variant: str) -> dict:
     return apply_overrides(settings, variants()[variant].overrides)
 
 
+def training_hash(settings: dict) -> str:
+    """The hash of what training reads of these settings: the ``settings_hash`` a model
+    records (and its metrics carry)."""
+    return settings_hash(stage_settings(settings, "train"))
+
+
 def branches(settings: dict) -> dict[str, str | None]:
-    """Variant → the variant whose branch it runs on (the first with equal settings, in table
-    order), or None where its settings are the dataset's own (the main model)."""
-    owner: dict[str, str | None] = {settings_hash(settings): None}
+    """Variant → the variant whose branch it runs on (the first with equal training settings,
+    in table order), or None where they are the dataset's own (the main model)."""
+    owner: dict[str, str | None] = {training_hash(settings): None}
     out = {}
     for name in variants():
-        out[name] = owner.setdefault(settings_hash(variant_settings(settings, name)), name)
+        out[name] = owner.setdefault(training_hash(variant_settings(settings, name)), name)
     return out
 
 
@@ -105,9 +111,9 @@ def row_branches(settings: dict, table: str) -> list[str | None]:
     return [branch[v.name] for v in tables()[table]]
 
 
-def settings_json(settings: dict, variant: str) -> str:
-    """A variant's settings as one JSON argument for the ``tpwng`` command."""
-    return json.dumps(variant_settings(settings, variant), sort_keys=True)
+def settings_json(settings: dict, variant: str, stage: str) -> str:
+    """What one stage reads of a variant's settings, as one JSON argument for ``tpwng``."""
+    return json.dumps(stage_settings(variant_settings(settings, variant), stage), sort_keys=True)
 
 
 def headline_metric(settings: dict) -> str:
@@ -134,7 +140,7 @@ def assemble_table(table: str, settings: dict, metric_files: list[Path]) -> list
     out = []
     for v, path in zip(rows, metric_files, strict=True):
         record = json.loads(Path(path).read_text())
-        expected = settings_hash(variant_settings(settings, v.name))
+        expected = training_hash(variant_settings(settings, v.name))
         if record.get("settings_hash") != expected:
             raise ValueError(f"{path}: settings hash {record.get('settings_hash')} is not "
                              f"variant {v.name!r}'s ({expected})")
@@ -152,11 +158,10 @@ def assemble_table(table: str, settings: dict, metric_files: list[Path]) -> list
 
 def write_table(rows: list[dict[str, str]], path: Path) -> None:
     """Write rows as a TSV with a header (atomically)."""
-    from tpwng.store import atomic_path
+    from tpwng.files import write_lines
 
-    lines = ["\t".join(TABLE_COLUMNS)] + ["\t".join(r[c] for c in TABLE_COLUMNS) for r in rows]
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
+    write_lines(path, ["\t".join(TABLE_COLUMNS)]
+                + ["\t".join(r[c] for c in TABLE_COLUMNS) for r in rows])
 
 
 def read_table(path: Path) -> list[dict[str, str]]:
@@ -169,7 +174,7 @@ def plot_table(rows: list[dict[str, str]], path: Path, title: str) -> None:
     """Grouped bars per variant: our metric next to the paper's UCF AUC and XD AP."""
     import numpy as np
 
-    from tpwng.plots import _figure
+    from tpwng.plots import figure
 
     series = [("ours", f"ours ({rows[0]['metric']})", "#d62728"),
               ("paper_ucf_auc", "paper UCF AUC", "#1f77b4"),
@@ -179,7 +184,7 @@ def plot_table(rows: list[dict[str, str]], path: Path, title: str) -> None:
     low = np.nanmin(np.concatenate(list(values.values())))
     x = np.arange(len(rows))
     width = 0.8 / len(series)
-    with _figure(path, 1, 1, (max(6.0, 1.1 * len(rows) + 3), 3.8)) as (_, axes):
+    with figure(path, 1, 1, (max(6.0, 1.1 * len(rows) + 3), 3.8)) as (_, axes):
         ax = axes[0, 0]
         for k, (key, label, color) in enumerate(series):
             vals = values[key]

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from tpwng.clip_backbone import ClipSpec, load_clip
-from tpwng.features import ExtractionSettings, ImageEncoder, _DecodeStream, extract, plan_jobs
+from tpwng.features import DecodeStream, ExtractionSettings, ImageEncoder, extract, plan_jobs
 from tpwng.video import probe_video
 
 
@@ -65,7 +65,7 @@ def decode_only(rows, settings: ExtractionSettings) -> float:
     from torch.utils.data import DataLoader
 
     jobs = plan_jobs(rows, settings)
-    loader = DataLoader(_DecodeStream(jobs, settings.decode_chunk), batch_size=None,
+    loader = DataLoader(DecodeStream(jobs, settings.decode_chunk), batch_size=None,
                         num_workers=settings.decode_workers)
     t0 = time.perf_counter()
     for _ in loader:
@@ -153,10 +153,10 @@ def bench_train(n_videos: int, spec: ClipSpec, epochs: int, batch: int, seed: in
     With `max_steps`, only the first steps of one epoch are timed (after one warm-up step) and
     the epoch time is extrapolated from the median step; the result says so.
     """
-    from tpwng.features import resolve_device
+    from tpwng.device import resolve_device
     from tpwng.model import TPWNG, ModelConfig
     from tpwng.sequences import TrainVideo, cap_length
-    from tpwng.train import _batch, _labels, feature_stats
+    from tpwng.train import batch_features, class_targets, feature_stats
 
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -181,9 +181,10 @@ def bench_train(n_videos: int, spec: ClipSpec, epochs: int, batch: int, seed: in
     from tpwng.sequences import epoch_batches
 
     def step(idx_n: np.ndarray, idx_a: np.ndarray) -> None:
-        xn, mn = _batch(normal, idx_n, rng, dev)
-        xa, ma = _batch(anomalous, idx_a, rng, dev)
-        loss, _, _ = model.training_step(xn, mn, xa, ma, _labels(anomalous, idx_a, classes, dev))
+        xn, mn = batch_features(normal, idx_n, rng, dev)
+        xa, ma = batch_features(anomalous, idx_a, rng, dev)
+        ya = class_targets(anomalous, idx_a, classes, dev)
+        loss, _, _ = model.training_step(xn, mn, xa, ma, ya)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -234,13 +235,13 @@ def _moving_pattern(n: int, width: int, height: int, seed: int = 0) -> Iterator[
 def long_video(path: Path, seconds: int, fps: float = 25.0, width: int = 320,
                height: int = 240) -> Path:
     """A generated H.264 video of the given length (kept for later runs)."""
-    from tpwng.synthetic import SyntheticSpec, _write_video
+    from tpwng.synthetic import SyntheticSpec, write_video
 
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         spec = SyntheticSpec(fps=fps, width=width, height=height)
         print(f"writing {path} ({seconds} s)", file=sys.stderr)
-        _write_video(path, _moving_pattern(int(seconds * fps), width, height), spec)
+        write_video(path, _moving_pattern(int(seconds * fps), width, height), spec)
     return path
 
 

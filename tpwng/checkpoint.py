@@ -14,38 +14,28 @@ from pathlib import Path
 import torch
 
 from tpwng.errors import CheckpointError
-from tpwng.store import StoreError, atomic_path, is_write_error
+from tpwng.files import write_bytes
+from tpwng.provenance import expected_store_provenance
 
 FORMAT = "tpwng-checkpoint/1"
 
 
-def expected_store_provenance(settings: dict) -> dict:
-    """What a feature store must record to be used with these settings."""
-    from tpwng.clip_backbone import ClipSpec, weights_identity
-
-    spec = ClipSpec.from_config(settings["clip"])
-    ex = settings["extraction"]
-    out = {"model": spec.model, "stride": ex["stride"]}
-    if ex.get("source", "extract") == "extract":
-        out |= {"weights": weights_identity(spec), "sample": ex["sample"],
-                "crop_mode": ex["crop_mode"]}
-    return out
+def _text_side(model: torch.nn.Module) -> dict:
+    """The model's class text embeddings and logit scale, if it has learned prompts."""
+    if not hasattr(model, "text_embeddings"):
+        return {}
+    with torch.no_grad():
+        text = model.text_embeddings().detach().float().cpu().clone()
+    return {"text_embeddings": text, "logit_scale": float(getattr(model, "logit_scale", 100.0))}
 
 
 def save_checkpoint(model: torch.nn.Module, meta: dict, path: str | Path) -> None:
-    """Write the trainable weights and `meta` atomically (temporary file, then rename)."""
+    """Write the trainable weights, `meta` and the text embeddings atomically (temporary file,
+    then rename)."""
     state = {n: t.detach().cpu().clone() for n, t in model.trainable_state_dict().items()}
     buffer = io.BytesIO()  # serialised in memory, so that a failed write is a plain OSError
-    torch.save({"format": FORMAT, "meta": meta, "state": state}, buffer)
-    try:
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(buffer.getvalue())
-    except StoreError as exc:
-        raise CheckpointError(str(exc)) from exc
-    except OSError as exc:
-        if is_write_error(exc):
-            raise CheckpointError(f"{path}: cannot write ({exc.strerror})") from exc
-        raise
+    torch.save({"format": FORMAT, "meta": meta, "state": state, **_text_side(model)}, buffer)
+    write_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -59,6 +49,24 @@ def load_checkpoint(path: str | Path) -> dict:
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a tpwng checkpoint (format {FORMAT} expected)")
     return ckpt
+
+
+def stored_text_embeddings(ckpt: dict, path: str | Path) -> tuple[torch.Tensor, float]:
+    """The class text embeddings ``[k, D]`` and logit scale saved with a checkpoint.
+
+    A checkpoint written before they were stored, or whose embeddings do not fit its class list
+    and feature dimension, is a `CheckpointError`.
+    """
+    text, scale = ckpt.get("text_embeddings"), ckpt.get("logit_scale")
+    if not isinstance(text, torch.Tensor) or scale is None:
+        raise CheckpointError(f"{path}: checkpoint stores no class text embeddings (written by "
+                              "an older version; retrain, or compute them with the text tower)")
+    meta = ckpt.get("meta") or {}
+    want = (len(meta.get("classes", [])), int(meta.get("dim", text.shape[-1])))
+    if tuple(text.shape) != want:
+        raise CheckpointError(f"{path}: stored text embeddings are {list(text.shape)}, the "
+                              f"checkpoint's classes and dimension ask for {list(want)}")
+    return text.float(), float(scale)
 
 
 def check_against_settings(ckpt: dict, settings: dict, path: str | Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA_PATH = Path(__file__).resolve().parent / "resources" / "config.schema.yaml"  # package data
 SECTIONS = ("clip", "extraction", "model", "train")
 
 
@@ -69,6 +69,49 @@ def dataset_settings(config: dict, name: str) -> dict:
         merged = dict(config.get(section) or {})
         merged.update(ds.get(section) or {})
         out[section] = merged
+    return out
+
+
+ALL = None  # every key of a section
+# What each stage reads of a dataset's settings: top-level keys, then sections (ALL, or the
+# keys it reads). A rule passes only these, so Snakemake re-runs a stage exactly when
+# something it depends on changed (a model setting re-runs training, not extraction).
+_STORE = ["source", "stride", "sample", "crop_mode"]  # what a feature store's consumer checks
+STAGES: dict[str, dict[str, list[str] | None]] = {
+    "synthesize": {"": ["name", "synthetic"]},
+    "manifest": {"": ["name", "format", "root", "annotation_tolerance"],
+                 "extraction": ["source", "released_dir", "stride", "sample", "decode_chunk",
+                                "decode_timeout", "on_bad_video"]},
+    "extract": {"": ["name"], "clip": ALL,
+                "extraction": ["source", "stride", "sample", "crop_mode", "batch_size",
+                               "precision", "decode_workers", "decode_chunk", "decode_timeout",
+                               "dtype"]},
+    "import": {"": ["name"], "clip": ["model"], "extraction": ["source", "released_dir", "stride"]},
+    "train": {"": ["name", "root", "classes"], "clip": ALL, "extraction": _STORE,
+              "model": ALL, "train": ALL},
+    "infer": {"": ["name", "classes"], "clip": ALL, "extraction": _STORE, "model": ALL,
+              "train": ["test_crop", "device", "threads"]},
+    "evaluate": {"": ["name", "format"], "evaluate": ALL},
+    "diagnostics": {"": ["name", "root", "classes"], "clip": ALL, "extraction": _STORE,
+                    "model": ALL, "train": ALL, "evaluate": ["plot_videos"]},
+    # an ablation table compares its variants' training settings
+    "ablations": {"": ["name", "format", "root", "classes"], "clip": ALL, "extraction": _STORE,
+                  "model": ALL, "train": ALL},
+}
+
+
+def stage_settings(settings: dict, stage: str) -> dict:
+    """The part of a dataset's merged settings that one stage reads (see ``STAGES``)."""
+    if stage not in STAGES:
+        raise ConfigError(f"unknown stage {stage!r}; expected one of {sorted(STAGES)}")
+    out: dict = {}
+    for section, keys in STAGES[stage].items():
+        if section == "":
+            out |= {k: copy.deepcopy(settings.get(k)) for k in keys}
+            continue
+        values = settings.get(section) or {}
+        chosen = values if keys is ALL else {k: values[k] for k in keys if k in values}
+        out[section] = copy.deepcopy(dict(chosen))
     return out
 
 

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from tpwng.store import StoreError, atomic_path, write_error
+from tpwng.files import write_lines, write_table
+from tpwng.store import StoreError
 from tpwng.video import DECODE_TIMEOUT, VideoError, VideoInfo, check_decodable, probe_video
 
 log = logging.getLogger(__name__)
@@ -682,7 +683,7 @@ def write_cuts(cuts: Sequence[AnnotationCut], path: str | os.PathLike[str]) -> N
           c.overshoot, c.source) for c in cuts],
         columns=CUTS_COLUMNS,
     )
-    _write_atomic(table.to_csv(sep="\t", index=False, lineterminator="\n").splitlines(), path)
+    write_table(path, table)
 
 
 def read_cuts(path: str | os.PathLike[str]) -> list[AnnotationCut]:
@@ -704,17 +705,6 @@ def read_cuts(path: str | os.PathLike[str]) -> list[AnnotationCut]:
                           int(r.frames), r.annotation) for r in table.itertuples()]
 
 
-def _write_atomic(lines: list[str], path: str | os.PathLike[str]) -> None:
-    """Write text lines atomically (temporary file in the same folder, then rename)."""
-    try:
-        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            f.write("\n".join(lines) + "\n")
-    except StoreError as exc:
-        raise DatasetError(str(exc)) from exc
-    except OSError as exc:
-        raise DatasetError(str(write_error(path, exc))) from exc
-
-
 def _clean_field(text: str) -> str:
     return re.sub(r"[\t\r\n]+", " ", text)
 
@@ -725,7 +715,7 @@ def write_skipped(skipped: Iterable[SkippedVideo], path: str | os.PathLike[str])
     for v in skipped:
         lines.append("\t".join(_clean_field(str(x)) for x in
                                (v.video_id, v.path, v.split, v.label, v.reason)))
-    _write_atomic(lines, path)
+    write_lines(path, lines)
 
 
 def read_skipped(path: str | os.PathLike[str]) -> list[SkippedVideo]:
@@ -759,7 +749,7 @@ def _row_fields(row: ManifestRow) -> list[str]:
 def write_manifest(rows: Iterable[ManifestRow], path: str | os.PathLike[str]) -> None:
     """Write a manifest TSV atomically (temporary file in the same folder, then rename)."""
     lines = ["\t".join(MANIFEST_COLUMNS)] + ["\t".join(_row_fields(row)) for row in rows]
-    _write_atomic(lines, path)
+    write_lines(path, lines)
 
 
 def _parse_manifest_intervals(text: str, where: str) -> list[Interval]:

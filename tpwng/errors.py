@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tpwng.clip_backbone import ClipWeightsError
+from tpwng.files import WriteError
 from tpwng.store import StoreError
 from tpwng.video import VideoError
 
@@ -16,7 +17,7 @@ def _expected() -> tuple[type[BaseException], ...]:
     from tpwng.datasets import DatasetError
 
     return (ClipWeightsError, StoreError, VideoError, CheckpointError, ConfigError,
-            DatasetError, FileNotFoundError)
+            DatasetError, WriteError, FileNotFoundError)
 
 
 EXPECTED_ERRORS = _expected()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import subprocess
 from pathlib import Path
@@ -11,12 +10,11 @@ import numpy as np
 
 from tpwng import __version__
 from tpwng.checkpoint import load_checkpoint
-from tpwng.config import settings_hash
 from tpwng.datasets import read_manifest
+from tpwng.files import write_json, write_lines
 from tpwng.inference import read_scores, read_stride
 from tpwng.metrics import VideoResult, intervals_to_labels, metrics_table
 from tpwng.plots import plot_roc_pr, plot_score_curves
-from tpwng.store import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +63,6 @@ def video_results(manifest: Path, scores: Path, frames: str = "video") -> list[V
     return out
 
 
-def _write_json(obj: dict, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
 def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -90,7 +83,7 @@ def evaluate(settings: dict, manifest: Path, scores: Path, model: Path, prefix: 
     record = {
         "dataset": settings["name"],
         "split_sizes": {s: sum(r.split == s for r in rows) for s in ("train", "test")},
-        "settings_hash": settings_hash(settings),
+        "settings_hash": meta["settings_hash"],  # of the settings the model was trained with
         "git_commit": git_commit(),
         "clip_weights": meta["clip"]["weights"],
         "random_init_clip": bool(meta["clip"]["random_init"]),
@@ -103,16 +96,14 @@ def evaluate(settings: dict, manifest: Path, scores: Path, model: Path, prefix: 
         "videos_evaluated": len(videos),
     }
     full = {**record, "metrics": table}
-    _write_json(full, Path(f"{prefix}_metrics.json"))
-    _write_json({**record, "metric": "frame_auc", "value": table["frame_auc"]},
-                Path(f"{prefix}_auc.json"))
-    _write_json({**record, "metric": "frame_ap", "value": table["frame_ap"]},
-                Path(f"{prefix}_ap.json"))
+    write_json(Path(f"{prefix}_metrics.json"), full)
+    write_json(Path(f"{prefix}_auc.json"),
+               {**record, "metric": "frame_auc", "value": table["frame_auc"]})
+    write_json(Path(f"{prefix}_ap.json"),
+               {**record, "metric": "frame_ap", "value": table["frame_ap"]})
     flat = _flatten(table)
-    with atomic_path(Path(f"{prefix}_metrics.tsv")) as tmp:
-        lines = ["metric\tvalue"] + [
-            f"{k}\t{v:.6f}" if isinstance(v, float) else f"{k}\t{v}" for k, v in flat.items()]
-        tmp.write_text("\n".join(lines) + "\n")
+    write_lines(Path(f"{prefix}_metrics.tsv"), ["metric\tvalue"] + [
+        f"{k}\t{v:.6f}" if isinstance(v, float) else f"{k}\t{v}" for k, v in flat.items()])
     plots = Path(prefix) / "plots"
     n = int(settings["evaluate"]["plot_videos"])
     plot_score_curves(videos, plots / "score_curves.png", max_videos=n,

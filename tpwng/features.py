@@ -19,9 +19,10 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
-from tpwng import __version__
 from tpwng.clip_backbone import ClipSpec, load_clip
-from tpwng.preprocess import CLIP_MEAN, CLIP_STD, n_crops, preprocess
+from tpwng.device import encoder_dtype, resolve_device
+from tpwng.preprocess import n_crops, preprocess
+from tpwng.provenance import extracted_provenance
 from tpwng.store import StoreWriter
 from tpwng.video import DECODE_TIMEOUT, read_frames, sample_indices
 
@@ -65,7 +66,7 @@ def plan_jobs(rows: Sequence, settings: ExtractionSettings) -> list[VideoJob]:
     ]
 
 
-class _DecodeStream(IterableDataset):
+class DecodeStream(IterableDataset):
     """Yields (job index, snippet offset, uint8 frames [n, H, W, 3]) for this worker's videos."""
 
     def __init__(self, jobs: list[VideoJob], chunk: int,
@@ -104,25 +105,6 @@ def bound_heap_growth(threshold: int = 1 << 20) -> bool:
         return False
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """`auto` is CUDA when a device really is usable, else the CPU."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        try:
-            torch.zeros(1, device="cuda")
-            return torch.device("cuda")
-        except RuntimeError as exc:  # e.g. CUDA_VISIBLE_DEVICES set on a node without a GPU
-            log.warning("CUDA reported but unusable (%s); using the CPU", exc)
-    return torch.device("cpu")
-
-
-def encoder_dtype(precision: str, device: torch.device) -> torch.dtype:
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
 class ImageEncoder:
     """The frozen CLIP image tower with CLIP preprocessing, on one device and precision."""
 
@@ -153,27 +135,6 @@ class ImageEncoder:
         return self.visual(x.flatten(0, 1).to(self.dtype)).float().view(n, self.crops, -1).cpu()
 
 
-def provenance(spec: ClipSpec, identity: str, settings: ExtractionSettings, dim: int,
-               dataset: str) -> dict:
-    return {
-        "dataset": dataset,
-        "model": spec.model,
-        "weights": identity,
-        "random_init": spec.random_init,
-        "stride": settings.stride,
-        "sample": settings.sample,
-        "crop_mode": settings.crop_mode,
-        "crops": n_crops(settings.crop_mode),
-        "dim": dim,
-        "preprocessing": {
-            "center": "resize shorter side 224 bicubic antialias, centre crop 224",
-            "tencrop": "resize 340x256 bicubic antialias, 5 crops 224 + mirrored",
-        }[settings.crop_mode] + f", mean {CLIP_MEAN}, std {CLIP_STD}",
-        "tpwng_version": __version__,
-        "source": "extracted",
-    }
-
-
 def extract(rows: Sequence, out: str | Path, spec: ClipSpec, settings: ExtractionSettings,
             dataset: str = "", shard: str = "", progress: bool = True,
             clip_model: torch.nn.Module | None = None) -> dict:
@@ -194,9 +155,9 @@ def extract(rows: Sequence, out: str | Path, spec: ClipSpec, settings: Extractio
     dim = int(clip_model.visual.output_dim)
     del clip_model
     jobs = plan_jobs(rows, settings)
-    prov = provenance(spec, identity, settings, dim, dataset) | {"shard": shard}
+    prov = extracted_provenance(spec, identity, settings, dim, dataset) | {"shard": shard}
     loader = DataLoader(
-        _DecodeStream(jobs, settings.decode_chunk, settings.decode_timeout),
+        DecodeStream(jobs, settings.decode_chunk, settings.decode_timeout),
         batch_size=None,
         num_workers=settings.decode_workers,
         # a backstop only: each decoding call (open, chunk) has its own deadline, whose error

@@ -13,10 +13,11 @@ from tqdm import tqdm
 from tpwng.checkpoint import check_against_settings, load_checkpoint, load_into
 from tpwng.clip_backbone import ClipSpec, load_clip
 from tpwng.datasets import read_manifest
-from tpwng.features import resolve_device
+from tpwng.device import resolve_device
+from tpwng.files import atomic_path
 from tpwng.metrics import expand_to_frames
 from tpwng.model import TPWNG, ModelConfig
-from tpwng.store import FeatureStore, atomic_path, h5_create, open_sealed
+from tpwng.store import FeatureStore, h5_create, open_sealed
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def score_test_set(settings: dict, manifest: Path, features: Path, model_path: P
     crop = int(settings["train"]["test_crop"])
     rows = [r for r in read_manifest(manifest) if r.split == "test"]
     with FeatureStore(features) as store, atomic_path(out) as tmp, h5_create(tmp) as f:
-        from tpwng.checkpoint import expected_store_provenance
+        from tpwng.provenance import expected_store_provenance
 
         store.check_compatible(expected_store_provenance(settings))
         f.attrs["dataset"] = settings["name"]

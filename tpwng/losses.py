@@ -1,7 +1,7 @@
-"""Training objective (paper Sec. 3.5, Eq. 10-14; DESIGN 5-7), every term masking-aware.
+"""Training objective (paper Sec. 3.5, Eq. 10-14; design §5-7), every term masking-aware.
 
 Shapes: ``B`` videos, ``T`` snippets (``mask [B, T]`` True on valid snippets), ``C = k - 1``
-anomaly classes. Similarities are cosine similarities (DESIGN 1); ``*_norm`` inputs are min-max
+anomaly classes. Similarities are cosine similarities (design §1); ``*_norm`` inputs are min-max
 normalised per video over the valid snippets (`tpwng.plg.minmax_normalize`). Per-video terms are
 averaged over the videos that have at least one valid snippet.
 """
@@ -49,7 +49,7 @@ def rank_anomalous(
     mask: torch.Tensor,
     other_mask: torch.Tensor,
 ) -> torch.Tensor:
-    """Eq. 11 over anomalous videos, with ``φaa`` the classes other than the video's own (DESIGN 7):
+    """Eq. 11 over anomalous videos, ``φaa`` the classes other than the video's own (design §7):
 
     ``max(0, 1 - max S_an + max φaa) + max(0, 1 - max S_aa + max φaa)``.
 
@@ -88,7 +88,7 @@ def smoothness(s_aa_norm: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``Σ_j (S̃aa_j - S̃aa_{j+1})²`` over valid neighbouring pairs per video, batch mean.
 
     The paper prints this term as ``L_sp``; its weight λ1 = 0.1 is applied by the caller
-    (DESIGN 6).
+    (design §6).
     """
     mask = mask.to(torch.bool)
     pairs = (mask[:, :-1] & mask[:, 1:]).to(s_aa_norm.dtype)
@@ -100,7 +100,7 @@ def sparsity(s_aa_norm: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``Σ_j S̃aa_j`` over valid snippets per video, batch mean.
 
     The paper prints this term as ``L_sm``; its weight λ2 = 0.01 is applied by the caller
-    (DESIGN 6).
+    (design §6).
     """
     mask = mask.to(torch.bool)
     return _video_mean((s_aa_norm * mask.to(s_aa_norm.dtype)).sum(1), mask.any(1))
@@ -110,7 +110,7 @@ def classification(
     scores: torch.Tensor, pseudo: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6
 ) -> torch.Tensor:
     """Eq. 13 as binary cross-entropy of the scores ``η`` against the pseudo-labels ``γ``
-    (targets, detached; DESIGN 5), averaged over the valid snippets of all videos.
+    (targets, detached; design §5), averaged over the valid snippets of all videos.
 
     Scores are clamped to ``[eps, 1 - eps]``; computed in float32 (safe under autocast).
     """

@@ -1,10 +1,10 @@
 """TPWNG: prompts, NVP, pseudo-label generation, TCSAL and classifier in one module (Fig. 2).
 
-Training (supplement 9, DESIGN 10) runs everything in one step: the text side fine-tunes the
+Training (supplement 9, design §10) runs everything in one step: the text side fine-tunes the
 prompt context and the text projection with the ranking losses and L_dil (Eq. 10-12), PLG turns
 the similarities into pseudo-labels (Eq. 5-6), and the temporal module + classifier learn from
 them (Eq. 13); the total is Eq. 14. Inference uses only image features → temporal module →
-classifier (DESIGN 11).
+classifier (design §11).
 
 Class index 0 is "normal"; indices 1..k-1 are the anomaly classes.
 """
@@ -20,6 +20,8 @@ from torch import nn
 
 from . import losses
 from .classifier import Classifier
+from .finegrained import class_probabilities as _class_probabilities
+from .masks import valid_mask
 from .nvp import NVP_MODES, NormalityVisualPrompt
 from .plg import anomaly_evidence, minmax_normalize, pseudo_labels
 from .prompt import PromptLearner, TextEncoder
@@ -124,6 +126,9 @@ class TPWNG(nn.Module):
         self.classifier = Classifier(dim)
         self.register_buffer("feat_mean", torch.zeros(dim))
         self.register_buffer("feat_std", torch.ones(dim))
+        # CLIP's learned logit scale τ = exp(logit_scale), capped at 100 as CLIP trains it; a
+        # plain float (not state), used only for class probabilities.
+        self.logit_scale = clip_logit_scale(clip_model)
         with torch.no_grad():
             out_dim = self.text_embeddings().shape[-1]
         if out_dim != dim:
@@ -175,26 +180,48 @@ class TPWNG(nn.Module):
         return self.text_encoder(self.prompt(), self.prompt.eot_positions)
 
     def score(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Anomaly scores ``η`` ``[B, T]`` from raw image features ``[B, T, D]`` (DESIGN 11).
+        """Anomaly scores ``η`` ``[B, T]`` from raw image features ``[B, T, D]`` (design §11).
 
         Padded positions score 0.
         """
         x = self._features(x)
-        valid = _valid(x, mask)
+        valid = valid_mask(x, mask)
         if self.cfg.standardize_features:
             x = (x - self.feat_mean.to(x.dtype)) / self.feat_std.to(x.dtype)
         eta = self.classifier(self.temporal(x, valid))
         return eta.masked_fill(~valid, 0.0)
 
+    def class_probabilities(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        text: torch.Tensor | None = None,
+        logit_scale: float | None = None,
+    ) -> torch.Tensor:
+        """Class distribution ``[B, T, k]`` per snippet from raw image features ``[B, T, D]``.
+
+        ``p(normal) = 1 - η`` and ``p(c) = η · softmax_c(τ · cos(x, T_c))`` over the anomaly
+        classes (`tpwng.finegrained.class_probabilities`), with ``η`` = `score` and the cosines
+        on the features `similarities` compares. The text embeddings are computed once per call;
+        pass ``text`` (and ``logit_scale``), e.g. those a checkpoint stores, to skip the text
+        tower. Padded positions are all 0.
+        """
+        eta = self.score(x, mask)
+        x = self._features(x)
+        text = self.text_embeddings() if text is None else text
+        scale = self.logit_scale if logit_scale is None else float(logit_scale)
+        with _full_precision(x):
+            return _class_probabilities(x, text, scale, eta, valid_mask(x, mask))
+
     def similarities(
         self, x: torch.Tensor, mask: torch.Tensor | None = None, text: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Cosine similarities ``[B, T, k]`` of snippets to the texts (DESIGN 1); padded → 0."""
+        """Cosine similarities ``[B, T, k]`` of snippets to the texts (design §1); padded → 0."""
         x = self._features(x)
         text = self.text_embeddings() if text is None else text
         with _full_precision(x):
             s = F.normalize(x.float(), dim=-1) @ F.normalize(text.float(), dim=-1).T
-        return s.masked_fill(~_valid(x, mask).unsqueeze(-1), 0.0)
+        return s.masked_fill(~valid_mask(x, mask).unsqueeze(-1), 0.0)
 
     def _anomalous_similarities(
         self, xa: torch.Tensor, mask_a: torch.Tensor, labels_a: torch.Tensor,
@@ -232,7 +259,7 @@ class TPWNG(nn.Module):
 
         Args:
             xn, xa: normal / anomalous video features ``[Bn, Tn, D]``, ``[Ba, Ta, D]``; anomalous
-                video ``i`` is paired with normal video ``i mod Bn`` for the NVP (DESIGN 4).
+                video ``i`` is paired with normal video ``i mod Bn`` for the NVP (design §4).
             mask_n, mask_a: ``[B, T]`` bool, True on valid snippets.
             labels_a: ``[Ba, k]`` multi-hot over all classes (column 0, normal, is ignored).
 
@@ -244,7 +271,7 @@ class TPWNG(nn.Module):
         xn, xa = self._features(xn), self._features(xa)
         if xn.shape[0] == 0 or xa.shape[0] == 0:
             raise ValueError("a training step needs at least one normal and one anomalous video")
-        mask_n, mask_a = _valid(xn, mask_n), _valid(xa, mask_a)
+        mask_n, mask_a = valid_mask(xn, mask_n), valid_mask(xa, mask_a)
         text = self.text_embeddings().to(xn.dtype)  # E, [k, D]
 
         # Normal videos: S_nn against the un-enhanced T_normal (Eq. 3) and S_na (Eq. 10).
@@ -315,11 +342,11 @@ class TPWNG(nn.Module):
         ``s_an_raw`` (cosines), ``phi`` (normalised anomaly evidence) and ``pseudo``.
         """
         xa = self._features(xa)
-        mask_a = _valid(xa, mask_a)
+        mask_a = valid_mask(xa, mask_a)
         text = self.text_embeddings().to(xa.dtype)
         if xn is not None and xn.shape[0] > 0:
             xn = self._features(xn)
-            t_normal = self.nvp(xn, _valid(xn, mask_n), text[0]).mean(0)
+            t_normal = self.nvp(xn, valid_mask(xn, mask_n), text[0]).mean(0)
         else:
             t_normal = text[0]
         pairs = t_normal.unsqueeze(0).expand(xa.shape[0], -1)
@@ -338,16 +365,19 @@ class TPWNG(nn.Module):
         return x.to(device=ref.device, dtype=ref.dtype)
 
 
+def clip_logit_scale(clip_model: nn.Module, cap: float = 100.0) -> float:
+    """``exp(clip_model.logit_scale)`` capped at ``cap`` (100 if the model has none)."""
+    raw = getattr(clip_model, "logit_scale", None)
+    if raw is None:
+        return cap
+    return min(float(torch.as_tensor(raw).detach().float().exp()), cap)
+
+
 def _full_precision(x: torch.Tensor) -> torch.autocast:
     """Similarities in float32 even under autocast: min-max normalisation and the pseudo-label
     threshold resolve differences of cosines that half precision rounds away."""
     return torch.autocast(device_type=x.device.type, enabled=False)
 
-
-def _valid(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    if mask is None:
-        return torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-    return mask.to(device=x.device, dtype=torch.bool)
 
 
 def _pad_time(x: torch.Tensor, T: int) -> torch.Tensor:

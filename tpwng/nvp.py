@@ -3,7 +3,7 @@
 The normal-event text embedding ``T_n`` is enhanced with a visual prompt ``Q_i`` taken from a
 normal video ``X_i^n``:
 
-    S_nn = cos(X_i^n, T_n)                         (Eq. 3, cosine per DESIGN 1)
+    S_nn = cos(X_i^n, T_n)                         (Eq. 3, cosine per design §1)
     Q_i  = softmax(S_nn / temperature) · X_i^n     (Eq. 3, over the valid snippets)
     Ṫ_n  = FFN([T_n ; Q_i]) + T_n                  (Eq. 4)
 
@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from tpwng.masks import valid_mask
 
 NVP_MODES = ("as", "fa", "none")
 
@@ -34,7 +36,7 @@ class NormalityVisualPrompt(nn.Module):
         self.dim = dim
         self.mode = mode
         self.temperature = float(temperature)
-        # FFN = Linear(2D→D) – GELU – Linear(D→D) (DESIGN 4); absent without NVP.
+        # FFN = Linear(2D→D) – GELU – Linear(D→D) (design §4); absent without NVP.
         self.ffn: nn.Module | None = None
         if mode != "none":
             self.ffn = nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU(), nn.Linear(dim, dim))
@@ -43,7 +45,7 @@ class NormalityVisualPrompt(nn.Module):
         self, xn: torch.Tensor, mask: torch.Tensor | None, t_normal: torch.Tensor
     ) -> torch.Tensor:
         """Aggregation weights ``[B, T]`` over each normal video's valid snippets (sum 1)."""
-        valid = _valid(xn, mask)
+        valid = valid_mask(xn, mask)
         if self.mode == "fa":
             w = valid.to(xn.dtype)
             return w / w.sum(1, keepdim=True).clamp_min(1.0)
@@ -76,8 +78,3 @@ class NormalityVisualPrompt(nn.Module):
         q = self.visual_prompt(xn, mask, t_normal.to(xn.dtype))
         return self.ffn(torch.cat([t, q], dim=-1)) + t
 
-
-def _valid(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    if mask is None:
-        return torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-    return mask.to(device=x.device, dtype=torch.bool)

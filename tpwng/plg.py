@@ -1,9 +1,9 @@
-"""Pseudo-label generation with normality guidance (paper Sec. 3.3, Eq. 5-6; DESIGN 2-3).
+"""Pseudo-label generation with normality guidance (paper Sec. 3.3, Eq. 5-6; design §2-3).
 
 For an anomalous video, with ``S̃aa`` its min-max normalised similarity to its true anomaly
 class text and ``S̃an`` its similarity to the NVP-enhanced normal text:
 
-    φ = (1 - α) · S̃aa + α · (1 - S̃an)      anomaly evidence (DESIGN 3; this is 1 - ψ of Eq. 5)
+    φ = (1 - α) · S̃aa + α · (1 - S̃an)      anomaly evidence (design §3; this is 1 - ψ of Eq. 5)
     γ = [φ̃ ≥ θ]                              Eq. 6, on the min-max normalised φ̃
 
 As printed, ψ of Eq. 5 is large on *normal* snippets, so thresholding ψ̃ ≥ θ would mark normal
@@ -16,7 +16,7 @@ import torch
 
 
 def minmax_normalize(s: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Min-max normalise each row of ``s`` ``[B, T]`` over its valid snippets (DESIGN 2).
+    """Min-max normalise each row of ``s`` ``[B, T]`` over its valid snippets (design §2).
 
     Padded positions become 0; a row that is constant over its valid snippets becomes all 0.
     Differentiable (the losses of Eq. 12 and the smoothness/sparsity terms use it).
@@ -40,7 +40,7 @@ def anomaly_evidence(
     alpha: float = 0.2,
     guidance: bool = True,
 ) -> torch.Tensor:
-    """Normalised anomaly evidence ``φ̃`` ``[B, T]`` (Eq. 5 as ``1 - ψ``, DESIGN 3).
+    """Normalised anomaly evidence ``φ̃`` ``[B, T]`` (Eq. 5 as ``1 - ψ``, design §3).
 
     ``φ = (1 - α)·S̃aa + α·(1 - S̃an)`` with normality guidance, else ``φ = S̃aa`` (Table 3's
     "w/o NG"); then min-max normalised over the valid snippets.

@@ -7,7 +7,6 @@ file beside the target and renamed over it, and the figure is closed.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +21,7 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from tpwng.files import atomic_path  # noqa: E402
 from tpwng.metrics import (  # noqa: E402
     VideoResult,
     frame_ap,
@@ -37,7 +37,7 @@ DPI = 100
 
 
 @contextmanager
-def _figure(path: str | Path, nrows: int, ncols: int, panel: tuple[float, float]) -> Iterator:
+def figure(path: str | Path, nrows: int, ncols: int, panel: tuple[float, float]) -> Iterator:
     """Make a figure with a grid of axes, then write it atomically to ``path`` and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -53,13 +53,8 @@ def _figure(path: str | Path, nrows: int, ncols: int, panel: tuple[float, float]
 
 
 def _save(fig: Figure, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _grid(n: int) -> tuple[int, int]:
@@ -72,7 +67,8 @@ def _hide_unused(axes: np.ndarray, n: int) -> None:
         ax.set_visible(False)
 
 
-def _shade(ax: Axes, truth: np.ndarray | None, label: str = "ground truth") -> None:
+def shade(ax: Axes, truth: np.ndarray | None, label: str = "ground truth") -> None:
+    """Shade the runs of non-zero per-frame ``truth`` on ``ax`` (nothing when None)."""
     if truth is None:
         return
     for k, (start, end) in enumerate(labels_to_intervals(np.asarray(truth))):
@@ -116,9 +112,9 @@ def plot_score_curves(
     if not chosen:
         raise ValueError("no videos to plot")
     nrows, ncols = _grid(len(chosen))
-    with _figure(path, nrows, ncols, (6.0, 2.4)) as (fig, axes):
+    with figure(path, nrows, ncols, (6.0, 2.4)) as (fig, axes):
         for ax, video in zip(axes.flat, chosen, strict=False):
-            _shade(ax, video.frame_labels)
+            shade(ax, video.frame_labels)
             ax.plot(np.arange(video.n_frames), video.frame_scores, color=SCORE_COLOR, lw=1.2)
             ax.set_ylim(0.0, 1.0)
             ax.set_xlim(0, max(video.n_frames, 1))
@@ -135,7 +131,7 @@ def plot_roc_pr(videos: Sequence[VideoResult], path: str | Path) -> None:
     points = roc_pr_points(videos)
     auc, ap = frame_auc(videos), frame_ap(videos)
     positive_rate = float(np.mean(np.concatenate([v.frame_labels for v in videos])))
-    with _figure(path, 1, 2, (4.5, 4.2)) as (_, axes):
+    with figure(path, 1, 2, (4.5, 4.2)) as (_, axes):
         roc, pr = axes[0]
         roc.plot(points["fpr"], points["tpr"], color=SCORE_COLOR, label=f"AUC = {auc:.4f}")
         roc.plot([0, 1], [0, 1], color="grey", ls="--", lw=0.8, label="chance")
@@ -172,7 +168,7 @@ def plot_pseudo_labels(items: Sequence[dict], path: str | Path, max_videos: int 
     if not chosen:
         raise ValueError("no pseudo-labels to plot")
     nrows, ncols = _grid(len(chosen))
-    with _figure(path, nrows, ncols, (6.0, 2.2)) as (fig, axes):
+    with figure(path, nrows, ncols, (6.0, 2.2)) as (fig, axes):
         for ax, item in zip(axes.flat, chosen, strict=False):
             pseudo = np.asarray(item["pseudo"], dtype=np.float64)
             if pseudo.ndim != 1:
@@ -180,7 +176,7 @@ def plot_pseudo_labels(items: Sequence[dict], path: str | Path, max_videos: int 
             n = pseudo.size
             truth = _check_len(item, "truth", n)
             score = _check_len(item, "score", n)
-            _shade(ax, truth)
+            shade(ax, truth)
             if score is not None:
                 ax.plot(np.arange(n), score, color="grey", lw=0.8, alpha=0.8, label="score")
             ax.stairs(pseudo, np.arange(n + 1), color=PSEUDO_COLOR, lw=1.8, label="pseudo-label")
@@ -204,7 +200,7 @@ def plot_similarities(items: Sequence[dict], path: str | Path, max_videos: int =
     if not chosen:
         raise ValueError("no similarities to plot")
     nrows, ncols = _grid(len(chosen))
-    with _figure(path, nrows, ncols, (6.0, 2.2)) as (_, axes):
+    with figure(path, nrows, ncols, (6.0, 2.2)) as (_, axes):
         for ax, item in zip(axes.flat, chosen, strict=False):
             s_aa = np.asarray(item["s_aa"], dtype=np.float64)
             if s_aa.ndim != 1:
@@ -212,7 +208,7 @@ def plot_similarities(items: Sequence[dict], path: str | Path, max_videos: int =
             n = s_aa.size
             s_an = _check_len(item, "s_an", n)
             truth = _check_len(item, "truth", n)
-            _shade(ax, truth)
+            shade(ax, truth)
             x = np.arange(n)
             ax.plot(x, s_aa, color=SCORE_COLOR, lw=1.2, label="anomaly text")
             if s_an is not None:
@@ -262,7 +258,7 @@ def plot_training_log(log_rows: Sequence[dict], path: str | Path) -> None:
     loss_keys = _keys(rows, "loss")
     pl_found = _keys(rows, "pl_")
     pl_keys = [k for k in PL_KEYS if k in pl_found] + [k for k in pl_found if k not in PL_KEYS]
-    with _figure(path, 1, 2, (5.0, 3.6)) as (_, axes):
+    with figure(path, 1, 2, (5.0, 3.6)) as (_, axes):
         for ax, keys, title in (
             (axes[0][0], loss_keys, "loss terms"),
             (axes[0][1], pl_keys, "pseudo-labels"),

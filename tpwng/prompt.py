@@ -8,7 +8,7 @@ full stop, end-of-text token, padding) keeps CLIP's frozen token embeddings.
 
 ``T_label = ζ_text(p_label ⊕ pos)`` (Eq. 2) runs CLIP's frozen text transformer on these
 embeddings. The text tower is frozen except its final projection, which is fine-tuned
-(DESIGN 9, supplement 8); `TextEncoder` holds a trainable copy of it so that the CLIP model
+(design §9, supplement 8); `TextEncoder` holds a trainable copy of it so that the CLIP model
 itself stays frozen and can be shared with feature extraction.
 """
 
@@ -165,7 +165,7 @@ class TextEncoder(nn.Module):
     """CLIP's text tower on prompt embeddings (Eq. 2): ``+pos → transformer → ln → EOT → proj``.
 
     Holds references to the frozen text parts of `clip_model` (never its image tower) and a
-    trainable copy of ``text_projection`` (DESIGN 9). With ``finetune_projection=False`` the copy
+    trainable copy of ``text_projection`` (design §9). With ``finetune_projection=False`` the copy
     is frozen too (the "no finetune" row of Table 6).
     """
 

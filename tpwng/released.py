@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from tpwng import __version__
+from tpwng.provenance import released_provenance
 from tpwng.store import StoreError, StoreWriter
 from tpwng.video import VideoInfo
 
@@ -64,15 +64,7 @@ def released_probe(settings: dict):
 
 def import_released(rows, settings: dict, out: Path) -> int:
     index = index_npy(_released_dir(settings))
-    clip = settings["clip"]
-    prov = {
-        "dataset": settings["name"], "model": clip.get("model", "ViT-B-16"),
-        "weights": "released-features", "random_init": False,
-        "stride": int(settings["extraction"]["stride"]), "sample": "released",
-        "crop_mode": "released", "crops": 10, "dim": 512,
-        "preprocessing": "as released (10-crop CLIP ViT-B/16)",
-        "tpwng_version": __version__, "source": f"released:{_released_dir(settings)}",
-    }
+    prov = released_provenance(settings, f"released:{_released_dir(settings)}")
     with StoreWriter(out, prov) as writer:
         for r in tqdm(rows, desc="import", file=sys.stderr, unit="video"):
             crops = index.get(r.video_id)

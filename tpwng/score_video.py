@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,14 +24,15 @@ from torch import nn
 from tpwng.checkpoint import load_checkpoint
 from tpwng.clip_backbone import ClipSpec, load_clip
 from tpwng.datasets import VIDEO_EXTENSIONS
+from tpwng.device import resolve_device
 from tpwng.errors import CheckpointError
-from tpwng.evaluate import _write_json as write_json
-from tpwng.features import ExtractionSettings, ImageEncoder, resolve_device
+from tpwng.features import ExtractionSettings, ImageEncoder
+from tpwng.files import atomic_path, write_json
 from tpwng.inference import load_model, pick_crop, score_features
 from tpwng.metrics import expand_to_frames, intervals_to_labels, score_segments
 from tpwng.model import TPWNG
-from tpwng.plots import SCORE_COLOR, _figure, _shade
-from tpwng.store import atomic_path
+from tpwng.plots import SCORE_COLOR, figure, shade
+from tpwng.provenance import recorded_settings
 from tpwng.tcsal import TCSAL, AdaptiveSpanAttention
 from tpwng.video import VideoError, VideoInfo, probe_video, read_frames, sample_indices
 
@@ -73,25 +73,6 @@ class Scorer:
 
 
 # --------------------------------------------------------------------------- loading
-
-
-def recorded_settings(meta: dict) -> dict:
-    """The CLIP and extraction settings a checkpoint records, in config form."""
-    clip, store = meta["clip"], meta["store"]
-    seed = clip.get("seed")
-    if seed is None:
-        m = re.fullmatch(r"random-init:seed=(-?\d+)", str(clip.get("weights", "")))
-        seed = int(m[1]) if m else 0
-    extracted = "sample" in store  # stores of released features record no sampling or crops
-    return {
-        "clip": {"model": clip["model"], "pretrained": clip["pretrained"], "seed": seed,
-                 "quick_gelu": clip.get("quick_gelu", True)},
-        "extraction": {"stride": int(store["stride"]),
-                       "source": "extract" if extracted else "released",
-                       "sample": store.get("sample", "center"),
-                       "crop_mode": store.get("crop_mode", "center")},
-        "classes": list(meta["classes"]),
-    }
 
 
 def load_scorer(model_path: Path, device: str = "auto", batch_size: int = 64) -> Scorer:
@@ -275,9 +256,9 @@ def plot_video_scores(result: VideoScores, path: Path, threshold: float) -> None
     n, fps = result.info.frames, result.info.fps
     detected = intervals_to_labels([(iv["start_frame"], iv["end_frame"])
                                     for iv in result.intervals], n)
-    with _figure(path, 1, 1, (9.0, 3.0)) as (_, axes):
+    with figure(path, 1, 1, (9.0, 3.0)) as (_, axes):
         ax = axes[0, 0]
-        _shade(ax, detected, label="detected")
+        shade(ax, detected, label="detected")
         ax.plot(np.arange(n), result.frames, color=SCORE_COLOR, lw=1.2, label="score")
         ax.axhline(threshold, color="0.3", ls="--", lw=1.0, label=f"threshold {threshold:g}")
         ax.set_xlim(0, max(n, 1))
@@ -316,7 +297,7 @@ def write_video_outputs(result: VideoScores, scorer: Scorer, options: ScoreOptio
         "interval_frames": "0-based, end-exclusive",
         "intervals": result.intervals,
     }
-    write_json(record, files["intervals"])
+    write_json(files["intervals"], record)
     return {"video": str(result.path), "frames": result.info.frames,
             "duration_s": result.info.frames / result.info.fps,
             "max_score": float(result.frames.max()),
@@ -354,5 +335,5 @@ def score_paths(target: Path, model_path: Path, out_dir: Path, options: ScoreOpt
                "mode": options.mode,
                "threshold": options.threshold, "min_length_s": options.min_length,
                "videos": entries}
-    write_json(summary, Path(out_dir) / "summary.json")
+    write_json(Path(out_dir) / "summary.json", summary)
     return summary

@@ -13,10 +13,8 @@ HDF5's own file driver can crash the process when it later closes the file.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import socket
 import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
@@ -25,108 +23,15 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from tpwng.files import atomic_path, publish, remove_stale_temps, temp_path, write_error
+from tpwng.provenance import COMPATIBILITY_KEYS
+
 STORE_FORMAT = "tpwng-features/1"
 CHECKSUM_ATTR = "crc32"  # of each video's array bytes, checked on every read
-# Provenance keys that must agree between a store and the config that reads it.
-COMPATIBILITY_KEYS = ("model", "weights", "stride", "sample", "crop_mode", "dim")
-
-
-# errno values of a write that failed for lack of room (or a read-only file system)
-WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
-_HOST = socket.gethostname().replace(os.sep, "_") or "host"
 
 
 class StoreError(RuntimeError):
     """A feature store is unreadable or does not match what is asked of it."""
-
-
-def is_write_error(exc: BaseException) -> bool:
-    """An OSError of a write that failed for lack of room (disk full, size limit, quota)."""
-    return isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS
-
-
-def write_error(path: str | Path, exc: OSError) -> StoreError:
-    """The one-line error of a failed write of `path`."""
-    why = exc.strerror or str(exc)
-    if is_write_error(exc):
-        why += ": the disk is full or a file size limit or quota was reached"
-    return StoreError(f"{path}: cannot write ({why}); no partial output was left")
-
-
-def temp_path(path: str | Path) -> Path:
-    """The temporary name `path` is written under by this process."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.tmp-{_HOST}-{os.getpid()}")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_stale_temps(path: str | Path) -> list[Path]:
-    """Delete temporary files of `path` left by writers on this host that were killed."""
-    path = Path(path)
-    prefix = f".{path.name}.tmp-{_HOST}-"
-    removed = []
-    try:
-        names = os.listdir(path.parent)
-    except OSError:
-        return removed
-    for name in names:
-        pid = name[len(prefix):] if name.startswith(prefix) else ""
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            with suppress(OSError):
-                (path.parent / name).unlink()
-                removed.append(path.parent / name)
-    return removed
-
-
-def _fsync(path: Path, directory: bool = False) -> None:
-    """Flush a file (or a directory entry) to disk, so that a crash cannot undo a rename."""
-    fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
-    try:
-        os.fsync(fd)
-    except OSError:
-        if not directory:  # some file systems cannot sync directories; files must sync
-            raise
-    finally:
-        os.close(fd)
-
-
-def _publish(tmp: Path, path: Path) -> None:
-    """Rename a finished temporary file to its final name, durably."""
-    _fsync(tmp)
-    os.replace(tmp, path)
-    _fsync(path.parent, directory=True)
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it to `path` only if the block succeeds.
-
-    A write that fails for lack of room becomes a StoreError naming `path`; the temporary file
-    is removed whatever happens, and temporary files of killed earlier writers are cleared.
-    """
-    path = Path(path)
-    tmp = temp_path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(path)
-        yield tmp
-        _publish(tmp, path)
-    except OSError as exc:
-        if is_write_error(exc):
-            raise write_error(path, exc) from exc
-        raise
-    finally:
-        with suppress(OSError):
-            tmp.unlink()
 
 
 # ---------------------------------------------------------------------------- sealed files
@@ -291,7 +196,7 @@ class StoreWriter:
             self._file.close()
             _seal(self._handle)
             self._handle.close()
-            _publish(self.tmp, self.path)
+            publish(self.tmp, self.path)
         except OSError as exc:
             self.abort()
             raise write_error(self.path, exc) from exc
@@ -342,7 +247,8 @@ class FeatureStore:
             for shard in json.loads(self.provenance.get("shards") or "[]"):
                 if not (self.path.parent / shard).is_file():
                     raise StoreError(f"{self.path}: its shard {shard} does not exist (was it "
-                                     "moved or deleted?)")
+                                     "moved or deleted? `snakemake --cores N "
+                                     f"{self.path}` re-extracts it and rebuilds the view)")
                 verify_sealed(self.path.parent / shard)
         except StoreError:
             self._file.close()

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import os
-import tempfile
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -28,6 +26,8 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import zoom
 from tqdm import tqdm
+
+from tpwng.files import atomic_path, write_lines
 
 NORMAL_DIR = "Normal"
 MIN_FRACTION, MAX_FRACTION = 0.10, 0.40
@@ -322,40 +322,22 @@ def _to_yuv420p(rgb: np.ndarray) -> np.ndarray:
     return out.astype(np.uint8).reshape(h * 3 // 2, w)
 
 
-def _write_video(path: Path, frames: Iterator[np.ndarray], spec: SyntheticSpec) -> None:
-    """Encode frames as H.264 (yuv420p) MP4, written under a temporary name then renamed."""
+def write_video(path: Path, frames: Iterator[np.ndarray], spec: SyntheticSpec) -> None:
+    """Encode frames as H.264 (yuv420p) MP4, written durably (temporary name, then rename)."""
     import av
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".mp4.tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with av.open(tmp, mode="w", format="mp4") as container:
-            stream = container.add_stream(
-                "libx264", rate=Fraction(spec.fps).limit_denominator(1001),
-                options={"crf": "23", "preset": "ultrafast", "g": "32", "threads": "1"},
-            )
-            stream.width, stream.height, stream.pix_fmt = spec.width, spec.height, "yuv420p"
-            for array in frames:
-                frame = av.VideoFrame.from_ndarray(_to_yuv420p(array), format="yuv420p")
-                container.mux(stream.encode(frame))
-            container.mux(stream.encode(None))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
+        stream = container.add_stream(
+            "libx264", rate=Fraction(spec.fps).limit_denominator(1001),
+            options={"crf": "23", "preset": "ultrafast", "g": "32", "threads": "1"},
+        )
+        stream.width, stream.height, stream.pix_fmt = spec.width, spec.height, "yuv420p"
+        for array in frames:
+            frame = av.VideoFrame.from_ndarray(_to_yuv420p(array), format="yuv420p")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
 
 
-def _write_text(path: Path, lines: list[str]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write("".join(line + "\n" for line in lines))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _annotation_line(video: _Video) -> str:
@@ -365,7 +347,7 @@ def _annotation_line(video: _Video) -> str:
 
 def _render(job: tuple[_Video, SyntheticSpec, Path]) -> None:
     video, spec, path = job
-    _write_video(path, _frames(video, spec), spec)
+    write_video(path, _frames(video, spec), spec)
 
 
 def generate(out_root: Path, spec: SyntheticSpec, progress: bool = True, jobs: int = 1) -> None:
@@ -396,7 +378,7 @@ def generate(out_root: Path, spec: SyntheticSpec, progress: bool = True, jobs: i
                     bar.update()
     train = [v for v in videos if v.split == "train"]
     test = [v for v in videos if v.split == "test"]
-    _write_text(out_root / "train.txt", [v.relative for v in train])
-    _write_text(out_root / "test.txt", [v.relative for v in test])
-    _write_text(out_root / "annotations.txt", [_annotation_line(v) for v in test])
-    _write_text(out_root / "train_intervals.txt", [_annotation_line(v) for v in train])
+    write_lines(out_root / "train.txt", [v.relative for v in train])
+    write_lines(out_root / "test.txt", [v.relative for v in test])
+    write_lines(out_root / "annotations.txt", [_annotation_line(v) for v in test])
+    write_lines(out_root / "train_intervals.txt", [_annotation_line(v) for v in train])

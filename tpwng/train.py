@@ -13,13 +13,14 @@ import torch
 from tqdm import tqdm
 
 from tpwng import __version__
-from tpwng.checkpoint import expected_store_provenance, save_checkpoint
+from tpwng.checkpoint import save_checkpoint
 from tpwng.clip_backbone import ClipSpec, load_clip
 from tpwng.config import settings_hash
 from tpwng.datasets import DatasetError, load_interval_file, read_manifest
-from tpwng.features import resolve_device
+from tpwng.device import resolve_device
 from tpwng.metrics import pseudo_label_quality
 from tpwng.model import TPWNG, ModelConfig
+from tpwng.provenance import expected_store_provenance
 from tpwng.sequences import TrainVideo, cap_length, epoch_batches, pad_batch, snippet_truth
 from tpwng.store import FeatureStore, StoreError
 
@@ -92,8 +93,8 @@ def epoch_items(videos: list[TrainVideo], epoch_over: str) -> tuple[list[int], l
     return [i for i, _ in pairs], [c for _, c in pairs]
 
 
-def _batch(videos: list[TrainVideo], idx, rng: np.random.Generator, device,
-           crops: list[int] | None = None):
+def batch_features(videos: list[TrainVideo], idx, rng: np.random.Generator, device,
+                   crops: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Padded features of videos ``idx`` and their mask: the given crop of each, else a
     random one."""
     seqs = []
@@ -105,7 +106,8 @@ def _batch(videos: list[TrainVideo], idx, rng: np.random.Generator, device,
     return x.to(device), mask.to(device)
 
 
-def _labels(videos: list[TrainVideo], idx, classes: list[str], device) -> torch.Tensor:
+def class_targets(videos: list[TrainVideo], idx, classes: list[str], device) -> torch.Tensor:
+    """Multi-hot class targets ``[len(idx), k]`` of videos ``idx``."""
     y = torch.zeros(len(idx), len(classes))
     for row, i in enumerate(idx):
         for c in videos[i].classes:
@@ -128,7 +130,7 @@ def pseudo_label_diagnostics(model: TPWNG, normal: list[TrainVideo], anomalous: 
             chunk = scored[k : k + 32]
             xa, ma = pad_batch([v.features[:, min(crop, v.features.shape[1] - 1)]
                                 .astype(np.float32) for v in chunk])
-            y = _labels(chunk, range(len(chunk)), classes, device)
+            y = class_targets(chunk, range(len(chunk)), classes, device)
             out = model.pseudo_and_similarities(xa.to(device), ma.to(device), y, xn.to(device),
                                                 mn.to(device))
             p = out["pseudo"].cpu().numpy()
@@ -187,11 +189,11 @@ def train(settings: dict, manifest: Path, features: Path, out: Path, log_path: P
                                 int(tr["batch_anomalous"]), rng)
         for pos_n, pos_a in batches:
             idx_n, idx_a = [items_n[p] for p in pos_n], [items_a[p] for p in pos_a]
-            xn, mn = _batch(normal, idx_n, rng, device,
+            xn, mn = batch_features(normal, idx_n, rng, device,
                             None if crops_n is None else [crops_n[p] for p in pos_n])
-            xa, ma = _batch(anomalous, idx_a, rng, device,
+            xa, ma = batch_features(anomalous, idx_a, rng, device,
                             None if crops_a is None else [crops_a[p] for p in pos_a])
-            ya = _labels(anomalous, idx_a, classes, device)
+            ya = class_targets(anomalous, idx_a, classes, device)
             loss, logs, _ = model.training_step(xn, mn, xa, ma, ya)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -211,7 +213,8 @@ def train(settings: dict, manifest: Path, features: Path, out: Path, log_path: P
         "classes": classes,
         "model_config": cfg.to_dict(),
         "clip": {"model": spec.model, "pretrained": spec.pretrained, "weights": identity,
-                 "random_init": spec.random_init},
+                 "random_init": spec.random_init, "seed": spec.seed,
+                 "quick_gelu": spec.quick_gelu},
         "store": expected_store_provenance(settings) | {"weights": identity},
         "dim": dim,
         "epochs": epochs,
@@ -230,7 +233,7 @@ def train(settings: dict, manifest: Path, features: Path, out: Path, log_path: P
 
 
 def write_log(rows: list[dict], path: Path) -> None:
-    from tpwng.store import atomic_path
+    from tpwng.files import atomic_path
 
     keys: list[str] = []
     for r in rows:

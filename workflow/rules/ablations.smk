@@ -20,26 +20,26 @@ use rule train as train_variant with:
         model="models/{dataset}/ablations/{variant}/tpwng.pt",
         log="models/{dataset}/ablations/{variant}/train_log.tsv",
     params:
-        settings=lambda w: ablations.settings_json(ds(w.dataset), w.variant),
+        settings=lambda w: ablations.settings_json(ds(w.dataset), w.variant, "train"),
     log:
         "logs/{dataset}/ablations/{variant}/train.log",
 
 
-use rule score as score_variant with:
+use rule infer as infer_variant with:
     input:
         manifest="data/{dataset}/manifest.tsv",
         features="features/{dataset}/features.h5",
+        shards=feature_inputs,
         model="models/{dataset}/ablations/{variant}/tpwng.pt",
     output:
         "results/{dataset}/ablations/{variant}/scores.h5",
     params:
-        settings=lambda w: ablations.settings_json(ds(w.dataset), w.variant),
+        settings=lambda w: ablations.settings_json(ds(w.dataset), w.variant, "infer"),
     log:
-        "logs/{dataset}/ablations/{variant}/score.log",
+        "logs/{dataset}/ablations/{variant}/infer.log",
 
 
-rule evaluate_variant:
-    """Metrics and score plots of one ablation variant, as `evaluate` for the main model."""
+use rule evaluate as evaluate_variant with:
     input:
         manifest="data/{dataset}/manifest.tsv",
         scores="results/{dataset}/ablations/{variant}/scores.h5",
@@ -52,15 +52,10 @@ rule evaluate_variant:
         curves="results/{dataset}/ablations/{variant}/plots/score_curves.png",
         roc="results/{dataset}/ablations/{variant}/plots/roc_pr.png",
     params:
-        settings=lambda w: ablations.settings_json(ds(w.dataset), w.variant),
+        settings=lambda w: ablations.settings_json(ds(w.dataset), w.variant, "evaluate"),
+        prefix=lambda w, output: output.full.removesuffix("_metrics.json"),
     log:
         "logs/{dataset}/ablations/{variant}/evaluate.log",
-    conda:
-        ENV
-    shell:
-        "tpwng evaluate --settings {params.settings:q} --manifest {input.manifest} "
-        "--scores {input.scores} --model {input.model} "
-        "--out-prefix results/{wildcards.dataset}/ablations/{wildcards.variant} 2> {log}"
 
 
 rule ablation_table:
@@ -88,7 +83,7 @@ rule ablation_table:
             labels={"table": "{table}", "file": "plot"},
         ),
     params:
-        settings=settings_json,
+        settings=settings_of("ablations"),
     log:
         "logs/{dataset}/ablations/{table}.log",
     conda:

@@ -2,9 +2,9 @@ import json
 
 from snakemake.utils import validate
 
-from tpwng.config import dataset_settings, settings_hash
+from tpwng.config import SCHEMA_PATH, dataset_settings, stage_settings
 
-validate(config, "../schemas/config.schema.yaml")
+validate(config, str(SCHEMA_PATH))
 
 DATASETS = list(config["datasets"])
 ENV = "../../envs/tpwng.yaml"
@@ -21,9 +21,14 @@ def ds(name):
     return dataset_settings(config, name)
 
 
-def settings_json(wildcards):
-    """The dataset's settings as one JSON argument for the tpwng command."""
-    return json.dumps(ds(wildcards.dataset), sort_keys=True)
+def settings_of(stage):
+    """A params function: the settings one stage reads, as one JSON argument for the tpwng
+    command. Only these are the rule's params, so a job re-runs when one of them changes."""
+
+    def params(wildcards):
+        return json.dumps(stage_settings(ds(wildcards.dataset), stage), sort_keys=True)
+
+    return params
 
 
 def n_shards(name):
@@ -36,6 +41,7 @@ def shard_files(wildcards):
 
 
 def feature_inputs(wildcards):
+    """What the feature view links: the shard stores, or the imported release."""
     if ds(wildcards.dataset)["extraction"]["source"] == "released":
         return [f"features/{wildcards.dataset}/released.h5"]
     return shard_files(wildcards)

@@ -6,7 +6,7 @@ rule synthesize:
         annotations="data/{dataset}/raw/annotations.txt",
         truth="data/{dataset}/raw/train_intervals.txt",
     params:
-        settings=settings_json,
+        settings=settings_of("synthesize"),
     log:
         "logs/{dataset}/synthesize.log",
     threads: 2
@@ -31,7 +31,7 @@ rule manifest:
         skipped="data/{dataset}/skipped.tsv",
         cuts="data/{dataset}/annotation_cuts.tsv",
     params:
-        settings=settings_json,
+        settings=settings_of("manifest"),
     log:
         "logs/{dataset}/manifest.log",
     conda:

@@ -1,15 +1,16 @@
-rule score:
+rule infer:
     """Per-frame and per-snippet anomaly scores of every test video (stored features only)."""
     input:
         manifest="data/{dataset}/manifest.tsv",
         features="features/{dataset}/features.h5",
+        shards=feature_inputs,
         model="models/{dataset}/tpwng.pt",
     output:
         "results/{dataset}/scores.h5",
     params:
-        settings=settings_json,
+        settings=settings_of("infer"),
     log:
-        "logs/{dataset}/score.log",
+        "logs/{dataset}/infer.log",
     threads: 2
     resources:
         mem_mb=8000,
@@ -50,15 +51,15 @@ rule evaluate:
             subcategory="{dataset}",
         ),
     params:
-        settings=settings_json,
+        settings=settings_of("evaluate"),
+        prefix=lambda w, output: output.full.removesuffix("_metrics.json"),
     log:
         "logs/{dataset}/evaluate.log",
     conda:
         ENV
     shell:
         "tpwng evaluate --settings {params.settings:q} --manifest {input.manifest} "
-        "--scores {input.scores} --model {input.model} --out-prefix results/{wildcards.dataset} "
-        "2> {log}"
+        "--scores {input.scores} --model {input.model} --out-prefix {params.prefix} 2> {log}"
 
 
 rule diagnostics:
@@ -66,6 +67,7 @@ rule diagnostics:
     input:
         manifest="data/{dataset}/manifest.tsv",
         features="features/{dataset}/features.h5",
+        shards=feature_inputs,
         model="models/{dataset}/tpwng.pt",
         log="models/{dataset}/train_log.tsv",
     output:
@@ -88,7 +90,7 @@ rule diagnostics:
             subcategory="{dataset}",
         ),
     params:
-        settings=settings_json,
+        settings=settings_of("diagnostics"),
     log:
         "logs/{dataset}/diagnostics.log",
     threads: 2

@@ -5,7 +5,7 @@ rule extract_shard:
     output:
         "features/{dataset}/shards/{shard}-of-{nshards}.h5",
     params:
-        settings=settings_json,
+        settings=settings_of("extract"),
     log:
         "logs/{dataset}/extract-{shard}-of-{nshards}.log",
     threads: 2
@@ -27,7 +27,7 @@ rule import_released:
     output:
         "features/{dataset}/released.h5",
     params:
-        settings=settings_json,
+        settings=settings_of("import"),
     log:
         "logs/{dataset}/import_released.log",
     conda:

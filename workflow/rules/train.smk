@@ -3,6 +3,8 @@ rule train:
     input:
         manifest="data/{dataset}/manifest.tsv",
         features="features/{dataset}/features.h5",
+        # the view links these: a deleted shard is re-extracted before anything reads it
+        shards=feature_inputs,
     output:
         model="models/{dataset}/tpwng.pt",
         log=report(
@@ -12,7 +14,7 @@ rule train:
             subcategory="{dataset}",
         ),
     params:
-        settings=settings_json,
+        settings=settings_of("train"),
     log:
         "logs/{dataset}/train.log",
     threads: 2

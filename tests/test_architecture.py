@@ -1,0 +1,53 @@
+"""The shape of the code: modules use each other only through public names."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "tpwng"
+
+
+def _modules() -> dict[str, ast.Module]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        out[name.removesuffix(".__init__")] = ast.parse(path.read_text(), str(path))
+    return out
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def private_uses(module: str, tree: ast.Module) -> list[str]:
+    """Private names of other tpwng modules that `module` imports or reaches into."""
+    found = []
+    aliases: dict[str, str] = {}  # local name -> tpwng module it stands for
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tpwng"):
+            for a in node.names:
+                if node.module != module and _private(a.name):
+                    found.append(f"{module}: from {node.module} import {a.name}")
+                aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("tpwng"):
+                    aliases[a.asname or a.name] = a.name
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and _private(node.attr)
+                and isinstance(node.value, ast.Name) and node.value.id in aliases
+                and aliases[node.value.id] != module):
+            found.append(f"{module}: {node.value.id}.{node.attr}")
+    return found
+
+
+def test_no_module_uses_another_modules_private_names():
+    found = [use for name, tree in _modules().items() for use in private_uses(name, tree)]
+    assert found == []
+
+
+def test_the_check_finds_private_uses():
+    tree = ast.parse("from tpwng.plots import _figure\nimport tpwng.train as t\nt._batch()\n")
+    assert private_uses("tpwng.x", tree) == ["tpwng.x: from tpwng.plots import _figure",
+                                             "tpwng.x: t._batch"]
