@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-stamp
 CORES ?= 2
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv demo test slurm lint clean
+.PHONY: venv demo test slurm browser lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -19,12 +19,16 @@ demo: $(STAMP)  ## the whole DAG on the embedded synthetic dataset
 	snakemake --cores $(CORES)
 	@cat results/synthetic_auc.json
 
-test: $(STAMP) slurm  ## the whole test suite
+test: $(STAMP) slurm browser  ## the whole test suite
 	pytest -q
 
 slurm:  ## SLURM + munge for the real-SLURM test, where we are root with apt-get
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then tests/install-slurm.sh; \
 	else echo "not root with apt-get: the real-SLURM test will be skipped"; fi
+
+browser:  ## Chromium + chromedriver for the viewer's browser tests, where we are root with apt-get
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then tests/install-browser.sh; \
+	else echo "not root with apt-get: the viewer's browser tests will be skipped"; fi
 
 lint: $(STAMP)
 	ruff check .

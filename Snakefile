@@ -13,7 +13,9 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/baselines.smk"
 include: "workflow/rules/ablations.smk"
+include: "workflow/rules/viewer.smk"
 
 
 rule all:

@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import REPO
 from tests.dag import job_counts, snakemake, tiny_config
 from tpwng import ablations
-from tpwng.config import ConfigError, dataset_settings, load
+from tpwng.config import ConfigError, dataset_settings, load, training_hash
 
 # Variant branches of each table besides the main model (rows that equal the defaults share it).
 OWN_BRANCHES = {"table2_nvp": 2, "table3_guidance": 1, "table4_temporal": 1, "table5_losses": 4,
@@ -62,8 +62,8 @@ def test_branches_share_equal_settings_only(config, synthetic):
     assert {v for v, b in branch.items() if b is None} == main
     own = [v for v, b in branch.items() if b is not None]
     assert all(branch[v] == v for v in own)
-    hashes = {ablations.training_hash(ablations.variant_settings(synthetic, v)) for v in own}
-    assert len(hashes) == len(own) and ablations.training_hash(synthetic) not in hashes
+    hashes = {training_hash(ablations.variant_settings(synthetic, v)) for v in own}
+    assert len(hashes) == len(own) and training_hash(synthetic) not in hashes
     assert {t: sum(b is not None for b in ablations.row_branches(synthetic, t))
             for t in ablations.tables()} == OWN_BRANCHES
     # XD's default θ is 0.35: there θ = 0.35 is the main model and θ = 0.55 a branch
@@ -74,7 +74,7 @@ def test_branches_share_equal_settings_only(config, synthetic):
 
 def _metrics(path: Path, settings: dict, auc: float, ap: float) -> Path:
     """A metrics file as `tpwng evaluate` writes it: it carries its model's training hash."""
-    path.write_text(json.dumps({"settings_hash": ablations.training_hash(settings),
+    path.write_text(json.dumps({"settings_hash": training_hash(settings),
                                 "metrics": {"frame_auc": auc, "frame_ap": ap}}))
     return path
 
@@ -133,7 +133,8 @@ def test_every_table_target_plans_one_branch_per_variant(synthetic, tmp_path):
     assert job_counts(out.stdout) == {
         "synthesize": 1, "manifest": 1, "extract_shard": 2, "feature_view": 1, "train": 1,
         "infer": 1, "evaluate": 1, "train_variant": n, "infer_variant": n,
-        "evaluate_variant": n, "ablation_table": 8, "ablation_summary": 1}, out.stdout
+        "evaluate_variant": n, "ablation_table": 8, "baselines": 1,
+        "ablation_summary": 1}, out.stdout
     planned = _planned_tables(out.stdout)
     assert set(planned) == set(OWN_BRANCHES)
     for table, files in planned.items():

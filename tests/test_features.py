@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tpwng.clip_backbone import ClipSpec
-from tpwng.features import ExtractionSettings, extract
+from tpwng.features import ExtractionSettings, decode_workers_for, extract
 from tpwng.preprocess import preprocess
 from tpwng.store import FeatureStore
 from tpwng.video import probe_video, sample_indices
@@ -102,3 +102,17 @@ def test_unreadable_video_fails_and_writes_nothing(sample_videos, tmp_path):
         extract(rows, out, SPEC, ExtractionSettings(decode_workers=0), progress=False)
     assert not out.exists()
     assert not list(tmp_path.glob(".s.h5*"))
+
+
+def test_decode_workers_follow_the_job(monkeypatch):
+    """auto: the CPUs the job was given, capped by those this process may run on, less one."""
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert decode_workers_for("auto", 16) == 15
+    assert decode_workers_for("auto", 8) == 7
+    assert decode_workers_for("auto", 64) == 15  # a job never decodes on CPUs it cannot use
+    assert decode_workers_for("auto", None) == 15
+    assert decode_workers_for("auto", 1) == 0
+    assert decode_workers_for(3, 16) == 3
+    assert ExtractionSettings().decode_workers == "auto"

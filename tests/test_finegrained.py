@@ -10,6 +10,7 @@ import torch
 
 from tests.conftest import REPO
 from tpwng.checkpoint import load_checkpoint, save_checkpoint, stored_text_embeddings
+from tpwng.class_probs import class_probabilities
 from tpwng.datasets import (
     XD_CODES,
     DatasetError,
@@ -18,7 +19,6 @@ from tpwng.datasets import (
 )
 from tpwng.errors import CheckpointError
 from tpwng.finegrained import (
-    class_probabilities,
     curve_proposals,
     frame_class_probabilities,
     parse_xd_multiclass_annotation,

@@ -14,7 +14,7 @@ from tpwng.datasets import ManifestRow, write_manifest
 from tpwng.inference import score_features
 from tpwng.metrics import expand_to_frames, labels_to_intervals
 from tpwng.model import TPWNG, ModelConfig
-from tpwng.score_video import SnippetStream, load_scorer, score_offline
+from tpwng.score_video import SnippetStream, load_scorer, score_offline, snippet_features
 from tpwng.store import StoreWriter
 from tpwng.train import train
 from tpwng.video import probe_video
@@ -114,11 +114,27 @@ def test_one_video_writes_frame_scores_intervals_and_plot(models, video_dir, off
     np.testing.assert_allclose(scores, expand_to_frames(snippets, info.frames, STRIDE), atol=1e-6)
     assert (tmp_path / "carphone_pristine_scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     record = json.loads((tmp_path / "carphone_pristine_intervals.json").read_text())
-    assert record["intervals"][0] | {"mean_score": 0, "max_score": 0} == {
+    interval = record["intervals"][0]
+    named = {k: interval.pop(k) for k in ("class", "class_probability")}
+    assert interval | {"mean_score": 0, "max_score": 0} == {
         "start_frame": 0, "end_frame": info.frames, "start_s": 0.0,
         "end_s": info.frames / info.fps, "mean_score": 0, "max_score": 0}
     assert record["video"]["frames"] == info.frames and record["model"] == str(models["tcsal"])
     assert "carphone_pristine.mp4: 1 anomalous interval(s)" in out
+    # the interval's class: the anomaly class of largest mean probability over its snippets,
+    # recomputed here through the text tower (scoring uses the checkpoint's saved embeddings)
+    from tpwng.inference import load_model
+    from tpwng.provenance import recorded_settings
+
+    scorer = load_scorer(models["tcsal"], "cpu")
+    feats = np.concatenate(list(snippet_features(scorer, video_dir / "carphone_pristine.mp4",
+                                                 info)))
+    model, meta = load_model(models["tcsal"], recorded_settings(scorer.meta))
+    with torch.no_grad():
+        probs = model.class_probabilities(torch.from_numpy(feats)[None])[0].numpy()
+    mean = probs[:, 1:].mean(0)
+    assert named == {"class": meta["classes"][1 + int(mean.argmax())],
+                     "class_probability": pytest.approx(float(mean.max()), abs=1e-5)}
 
 
 def test_intervals_match_the_csv_runs_above_threshold(models, video_dir, offline, tmp_path,

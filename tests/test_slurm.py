@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 # can never satisfy: SLURM would keep them PENDING (PartitionConfig) forever. Command-line
 # settings replace the profile's, so every rule is restated here at CI size, GPUs included.
 _RULES = ("synthesize", "manifest", "extract_shard", "feature_view", "train", "infer",
-          "evaluate", "diagnostics")
+          "evaluate", "diagnostics", "baselines", "viewer")
 SIZE_TO_CI_NODE = (
     "--set-resources",
     *[f"{r}:cpus_per_task=1" for r in _RULES],

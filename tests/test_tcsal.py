@@ -1,4 +1,5 @@
-"""TCSAL: soft span mask (Eq. 7), spans (Eq. 8), masked attention (Eq. 9), causality."""
+"""TCSAL: soft span mask (Eq. 7), spans (Eq. 8), masked attention (Eq. 9), causality; both
+attention implementations (fused SDPA and the hand-written Eq. 9)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from tpwng.tcsal import (
+    ATTENTION_IMPLS,
     TCSAL,
     AdaptiveSpanAttention,
     PlainTransformer,
@@ -94,8 +96,9 @@ def _model(span_scale=6, **kw) -> TCSAL:
     return TCSAL(D, layers=2, heads=2, R=4, span_scale=span_scale, ff_dim=32, **kw).eval()
 
 
-def test_causal_future_does_not_change_the_past():
-    model = _model()
+@pytest.mark.parametrize("impl", ATTENTION_IMPLS)
+def test_causal_future_does_not_change_the_past(impl):
+    model = _model(attention_impl=impl)
     x = _x(T=10)
     with torch.no_grad():
         y = model(x)
@@ -107,9 +110,10 @@ def test_causal_future_does_not_change_the_past():
     torch.testing.assert_close(y_longer[:, :10], y)
 
 
+@pytest.mark.parametrize("impl", ATTENTION_IMPLS)
 @pytest.mark.parametrize("span_scale", [6, None])
-def test_padding_does_not_change_valid_outputs(span_scale):
-    model = _model(span_scale)
+def test_padding_does_not_change_valid_outputs(span_scale, impl):
+    model = _model(span_scale, attention_impl=impl)
     x = _x(B=1, T=7)
     padded = torch.cat([x, torch.randn(1, 5, D)], dim=1)
     mask = torch.zeros(1, 12, dtype=torch.bool)
@@ -118,8 +122,9 @@ def test_padding_does_not_change_valid_outputs(span_scale):
         torch.testing.assert_close(model(padded, mask)[:, :7], model(x), atol=1e-5, rtol=1e-5)
 
 
-def test_chunked_attention_equals_whole():
-    model = _model(span_scale=3)
+@pytest.mark.parametrize("impl", ATTENTION_IMPLS)
+def test_chunked_attention_equals_whole(impl):
+    model = _model(span_scale=3, attention_impl=impl)
     x = _x(T=40)
     mask = torch.ones(2, 40, dtype=torch.bool)
     mask[1, 33:] = False
@@ -131,8 +136,9 @@ def test_chunked_attention_equals_whole():
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
 
 
-def test_span_parameters_get_gradient_when_the_mask_bites():
-    model = _model(span_scale=2).train()
+@pytest.mark.parametrize("impl", ATTENTION_IMPLS)
+def test_span_parameters_get_gradient_when_the_mask_bites(impl):
+    model = _model(span_scale=2, attention_impl=impl).train()
     model(_x(T=12)).pow(2).sum().backward()
     span = model.layers[0].attn.span
     assert span.weight.grad is not None and span.weight.grad.abs().sum() > 0

@@ -163,3 +163,17 @@ def test_single_crop_stores_train_the_same_in_both_epoch_modes(tmp_path):
         assert torch.equal(states[0][k], states[1][k]), k
     with pytest.raises(ValueError, match="epoch_over"):
         epoch_items([], "clips")
+
+
+def test_bf16_autocast_training_runs_with_float32_similarities(tmp_path):
+    """train.precision bf16 (auto on CUDA): the step runs under autocast, the similarities stay
+    float32, the losses stay finite and differ from float32 training only by rounding."""
+    manifest, feats = _toy_dataset(tmp_path)
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        s = _settings(1)
+        s["train"] = s["train"] | {"precision": precision}
+        train(s, manifest, feats, tmp_path / f"{precision}.pt", tmp_path / f"{precision}.tsv")
+        losses[precision] = read_log(tmp_path / f"{precision}.tsv")[0]["loss"]
+    assert np.isfinite(losses["bf16"]) and losses["bf16"] != losses["fp32"]
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05)

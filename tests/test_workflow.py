@@ -134,15 +134,18 @@ def _overlay(d: Path, name: str, section: str, **values) -> Path:
     return path
 
 
-DOWNSTREAM_OF_TRAINING = {"train": 1, "infer": 1, "evaluate": 1, "diagnostics": 1}
+DOWNSTREAM_OF_TRAINING = {"train": 1, "infer": 1, "evaluate": 1, "diagnostics": 1,
+                          "baselines": 1, "viewer": 1}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("section", "values", "scheduled"), [
     ("model", {"theta": 0.45}, DOWNSTREAM_OF_TRAINING),
     ("train", {"epochs": 3}, DOWNSTREAM_OF_TRAINING),
-    ("evaluate", {"threshold": 0.4}, {"evaluate": 1}),
+    ("evaluate", {"threshold": 0.4}, {"evaluate": 1, "baselines": 1, "viewer": 1}),
     ("evaluate", {"plot_videos": 3}, {"evaluate": 1, "diagnostics": 1}),
+    ("extraction", {"threads": 1}, {}),  # CPUs of a job are not settings of its outputs
+    ("train", {"threads": 1}, {}),
 ])
 def test_a_setting_reruns_exactly_the_stages_that_read_it(tiny_local_run, section, values,
                                                           scheduled):
@@ -155,6 +158,23 @@ def test_a_setting_reruns_exactly_the_stages_that_read_it(tiny_local_run, sectio
     counts = job_counts(out.stdout)
     counts.pop("all", None)  # the target rule itself, whenever anything below it runs
     assert counts == scheduled, out.stdout
+
+
+def test_jobs_get_the_configured_cpus(tmp_path):
+    """extract_shard runs with extraction.threads CPUs (capped by --cores) and passes them on:
+    decode_workers auto then decodes with all but one."""
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["datasets"]["synthetic"]["extraction"] |= {"threads": 12}
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    out = snakemake("-n", "-p", "--cores", "16", "features/synthetic/features.h5",
+                    cwd=tmp_path, config=config)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout + out.stderr
+    assert text.count("--threads 12 ") == 2, text  # both shards
+    out = snakemake("-n", "-p", "--cores", "4", "features/synthetic/features.h5",
+                    cwd=tmp_path, config=config)
+    assert (out.stdout + out.stderr).count("--threads 4 ") == 2
 
 
 @pytest.mark.slow

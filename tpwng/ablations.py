@@ -13,14 +13,17 @@ import json
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
 import yaml
 
-from tpwng.config import SCHEMA_PATH, ConfigError, settings_hash, stage_settings
+from tpwng import RESOURCES
+from tpwng.config import SCHEMA_PATH, ConfigError, stage_settings, training_hash
 
-RESOURCES = Path(__file__).resolve().parent / "resources"
+if TYPE_CHECKING:
+    import pandas as pd
+
 TABLE_COLUMNS = (
     "table", "variant", "paper_row", "branch", "overrides", "settings_hash", "metric", "ours",
     "frame_auc", "frame_ap", "paper_ucf_auc", "paper_xd_ap",
@@ -87,12 +90,6 @@ def apply_overrides(settings: dict, overrides: dict[str, Any]) -> dict:
 def variant_settings(settings: dict, variant: str) -> dict:
     """The settings of one variant of a dataset."""
     return apply_overrides(settings, variants()[variant].overrides)
-
-
-def training_hash(settings: dict) -> str:
-    """The hash of what training reads of these settings: the ``settings_hash`` a model
-    records (and its metrics carry)."""
-    return settings_hash(stage_settings(settings, "train"))
 
 
 def branches(settings: dict) -> dict[str, str | None]:
@@ -207,3 +204,64 @@ def build_table(table: str, settings: dict, metric_files: list[Path], out: Path,
         source = paper_tables()[table]["source"]
         plot_table(rows, plot, f"{settings['name']}: {table} (paper {source})")
     return rows
+
+
+def summary_table(table_files: list[Path], baselines: Path | None = None) -> pd.DataFrame:
+    """Every ablation table's rows (`TABLE_COLUMNS`, in file order), then one row per method of
+    a baselines table (``table`` = ``baselines``, ``variant`` = the method, our metric and the
+    frame AUC / AP in percent as in the ablation rows; the other columns empty)."""
+    import pandas as pd
+
+    rows = [r for path in table_files for r in read_table(path)]
+    if baselines is not None:
+        metrics = {r["metric"] for r in rows}
+        if len(metrics) != 1:
+            raise ValueError(f"the ablation tables name {len(metrics)} metrics {sorted(metrics)}; "
+                             "the baselines need one")
+        metric = metrics.pop()
+
+        def pct(value: float) -> str:
+            return "" if pd.isna(value) else _pct(100 * float(value))
+
+        for r in pd.read_csv(baselines, sep="\t").to_dict("records"):
+            rows.append(dict.fromkeys(TABLE_COLUMNS, "") | {
+                "table": "baselines", "variant": str(r["method"]), "metric": metric,
+                "ours": pct(r[metric]), "frame_auc": pct(r["frame_auc"]),
+                "frame_ap": pct(r["frame_ap"])})
+    return pd.DataFrame(rows, columns=list(TABLE_COLUMNS), dtype=str)
+
+
+def write_summary(table_files: list[Path], out: Path, baselines: Path | None = None) -> None:
+    """Write `summary_table` as a TSV, fields unquoted as in the single tables (atomically)."""
+    import csv
+
+    from tpwng.files import write_text
+
+    frame = summary_table(table_files, baselines)
+    write_text(out, frame.to_csv(sep="\t", index=False, lineterminator="\n",
+                                 quoting=csv.QUOTE_NONE))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tpwng.ablations summary --out OUT [--baselines TSV] TABLE.tsv ...``."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m tpwng.ablations")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("summary", help="every ablation table (and the baselines) in one TSV")
+    s.add_argument("--out", required=True)
+    s.add_argument("--baselines", help="results/NAME/baselines.tsv, appended as rows")
+    s.add_argument("tables", nargs="+")
+    a = p.parse_args(argv)
+    try:
+        write_summary([Path(t) for t in a.tables], Path(a.out),
+                      Path(a.baselines) if a.baselines else None)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"{p.prog} {a.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

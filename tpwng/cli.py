@@ -15,11 +15,15 @@ class UserError(Exception):
     """An error to print as one line, without a traceback."""
 
 
-def _settings(text: str) -> dict:
+def _settings(text: str, threads: int | None = None) -> dict:
+    """The stage's settings; ``threads`` (the job's CPUs) becomes ``train.threads``."""
     try:
-        return json.loads(text)
+        settings = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UserError(f"--settings is not valid JSON: {exc}") from exc
+    if threads is not None:
+        settings.setdefault("train", {})["threads"] = int(threads)
+    return settings
 
 
 def cmd_synth(a: argparse.Namespace) -> None:
@@ -54,7 +58,7 @@ def cmd_extract(a: argparse.Namespace) -> None:
     mine = rows[a.shard :: a.shards]
     stats = extract(mine, Path(a.out), ClipSpec.from_config(s["clip"]),
                     ExtractionSettings.from_config(s["extraction"]), dataset=s["name"],
-                    shard=f"{a.shard}/{a.shards}")
+                    shard=f"{a.shard}/{a.shards}", threads=a.threads)
     log.info("extracted %s", json.dumps(stats))
 
 
@@ -77,14 +81,15 @@ def cmd_import(a: argparse.Namespace) -> None:
 def cmd_train(a: argparse.Namespace) -> None:
     from tpwng.train import train
 
-    train(_settings(a.settings), Path(a.manifest), Path(a.features), Path(a.out), Path(a.log))
+    train(_settings(a.settings, a.threads), Path(a.manifest), Path(a.features), Path(a.out),
+          Path(a.log))
 
 
 def cmd_infer(a: argparse.Namespace) -> None:
     from tpwng.inference import score_test_set
 
-    score_test_set(_settings(a.settings), Path(a.manifest), Path(a.features), Path(a.model),
-                   Path(a.out))
+    score_test_set(_settings(a.settings, a.threads), Path(a.manifest), Path(a.features),
+                   Path(a.model), Path(a.out))
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
@@ -92,6 +97,13 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 
     evaluate(_settings(a.settings), Path(a.manifest), Path(a.scores), Path(a.model),
              a.out_prefix)
+
+
+def cmd_baselines(a: argparse.Namespace) -> None:
+    from tpwng.evaluate import baselines_report
+
+    baselines_report(_settings(a.settings), Path(a.manifest), Path(a.features), Path(a.scores),
+                     Path(a.out))
 
 
 def cmd_diagnostics(a: argparse.Namespace) -> None:
@@ -114,7 +126,7 @@ def cmd_score(a: argparse.Namespace) -> None:
     if not 0.0 <= a.threshold <= 1.0 or a.min_length < 0:
         raise UserError("--threshold must be in [0, 1] and --min-length >= 0")
     opts = ScoreOptions(threshold=a.threshold, min_length=a.min_length, stream=a.stream,
-                        device=a.device)
+                        device=a.device, html=a.html)
 
     def snippet_printer(video: Path):
         print(f"# {video}: snippet, time_s, score", flush=True)
@@ -132,9 +144,32 @@ def cmd_score(a: argparse.Namespace) -> None:
     summary = score_paths(Path(a.target), Path(a.model), out, opts,
                           snippet_printer if a.stream else None, report)
     print(f"outputs in {out}/ (summary.json)")
+    if a.html:
+        print(f"pages in {out}/: <video>.html"
+              + (", index.html" if Path(a.target).is_dir() else ""), flush=True)
     failed = sum("error" in v for v in summary["videos"])
     if failed:
         raise UserError(f"{failed} of {len(summary['videos'])} videos could not be scored")
+
+
+def cmd_view(a: argparse.Namespace) -> None:
+    from tpwng import viewer
+
+    if a.serve:
+        if not Path(a.serve).is_dir():
+            raise UserError(f"--serve {a.serve}: no such folder")
+        viewer.serve(Path(a.serve), a.port, a.bind)
+        return
+    if not (a.manifest and a.scores and a.out):
+        raise UserError("give --manifest, --scores and --out (or --serve DIR)")
+    threshold = a.threshold
+    if threshold is None:
+        threshold = float(_settings(a.settings)["evaluate"]["threshold"]) if a.settings else 0.5
+    if not 0.0 <= threshold <= 1.0:
+        raise UserError("--threshold must be in [0, 1]")
+    page = viewer.view_test_set(Path(a.manifest), Path(a.scores), Path(a.out), threshold,
+                                convert=not a.no_transcode)
+    print(page)
 
 
 def _bench_videos(a: argparse.Namespace) -> list[Path]:
@@ -195,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     req = {"required": True}
     settings = ("--settings", {"required": True, "help": "dataset settings as JSON"})
     manifest = ("--manifest", req)
+    threads = ("--threads", {"type": int, "help": "CPUs this job may use (the rule's threads)"})
     add("synth", cmd_synth, "generate the synthetic dataset", settings, ("--out", req),
         ("--jobs", {"type": int, "default": 1}))
     add("manifest", cmd_manifest, "build a dataset manifest", settings, ("--out", req),
@@ -203,17 +239,19 @@ def build_parser() -> argparse.ArgumentParser:
                             "annotation_cuts.tsv beside --out)"}))
     add("extract", cmd_extract, "extract CLIP features of one shard", settings, manifest,
         ("--shard", {"type": int, "default": 0}), ("--shards", {"type": int, "default": 1}),
-        ("--out", req))
+        ("--out", req), threads)
     add("merge", cmd_merge, "link shard stores into one view", ("--out", req),
         ("inputs", {"nargs": "+"}))
     add("import-features", cmd_import, "import released .npy CLIP features", settings,
         manifest, ("--out", req))
     add("train", cmd_train, "train TPWNG", settings, manifest, ("--features", req),
-        ("--out", req), ("--log", req))
+        ("--out", req), ("--log", req), threads)
     add("infer", cmd_infer, "score every test video", settings, manifest, ("--features", req),
-        ("--model", req), ("--out", req))
+        ("--model", req), ("--out", req), threads)
     add("evaluate", cmd_evaluate, "metric tables and plots", settings, manifest,
         ("--scores", req), ("--model", req), ("--out-prefix", req))
+    add("baselines", cmd_baselines, "nearest-normal and top-k MIL baselines beside TPWNG",
+        settings, manifest, ("--features", req), ("--scores", req), ("--out", req))
     add("diagnostics", cmd_diagnostics, "pseudo-label, similarity and training plots", settings,
         manifest, ("--features", req), ("--model", req), ("--train-log", req),
         ("--out-dir", req))
@@ -229,7 +267,23 @@ def build_parser() -> argparse.ArgumentParser:
                           "help": "shortest reported interval in seconds (default 0)"}),
         ("--stream", {"action": "store_true",
                       "help": "score snippet by snippet, printing each score as it is decided"}),
-        ("--device", {"default": "auto", "help": "auto, cpu, cuda, cuda:1, ..."}))
+        ("--device", {"default": "auto", "help": "auto, cpu, cuda, cuda:1, ..."}),
+        ("--html", {"action": "store_true",
+                    "help": "also write <video>.html per video (video + score timeline) and, "
+                            "for a folder, index.html"}))
+    add("view", cmd_view, "test-set score pages beside the videos; or serve pages",
+        ("--manifest", {"help": "data/NAME/manifest.tsv"}),
+        ("--scores", {"help": "results/NAME/scores.h5"}),
+        ("--out", {"help": "output folder (index.html, media/)"}),
+        ("--settings", {"help": "dataset settings as JSON (evaluate.threshold)"}),
+        ("--threshold", {"type": float, "help": "score threshold (default: the settings', "
+                                                "else 0.5)"}),
+        ("--no-transcode", {"action": "store_true",
+                            "help": "do not write browser-playable copies of other videos"}),
+        ("--serve", {"metavar": "DIR", "help": "serve DIR over HTTP with Range requests "
+                                               "(seeking works) instead"}),
+        ("--port", {"type": int, "default": 8000, "help": "with --serve (default 8000)"}),
+        ("--bind", {"default": "127.0.0.1", "help": "with --serve (default 127.0.0.1)"}))
     b = sub.add_parser("bench", help="benchmarks: extraction rates, training speed")
     b.add_argument("what", choices=["extract", "train", "memory"])
     b.add_argument("videos", nargs="*", help="videos or folders (default: a generated set)")

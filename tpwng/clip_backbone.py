@@ -18,7 +18,9 @@ from pathlib import Path
 import open_clip
 import torch
 
-_CONFIG_DIR = Path(__file__).parent / "resources" / "model_configs"
+from tpwng import RESOURCES
+
+_CONFIG_DIR = RESOURCES / "model_configs"
 open_clip.add_model_config(_CONFIG_DIR)
 
 PRETRAINED_KEY = "clip.pretrained"

@@ -10,7 +10,9 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-SCHEMA_PATH = Path(__file__).resolve().parent / "resources" / "config.schema.yaml"  # package data
+from tpwng import RESOURCES
+
+SCHEMA_PATH = RESOURCES / "config.schema.yaml"
 SECTIONS = ("clip", "extraction", "model", "train")
 
 
@@ -92,6 +94,11 @@ STAGES: dict[str, dict[str, list[str] | None]] = {
     "infer": {"": ["name", "classes"], "clip": ALL, "extraction": _STORE, "model": ALL,
               "train": ["test_crop", "device", "threads"]},
     "evaluate": {"": ["name", "format"], "evaluate": ALL},
+    "viewer": {"": ["name"], "evaluate": ["threshold"]},
+    # the baselines read the store like `infer`, and score like `evaluate`
+    "baselines": {"": ["name", "classes"], "clip": ALL, "extraction": _STORE, "model": ALL,
+                  "train": ["test_crop", "device", "threads"],
+                  "evaluate": ["threshold", "frames"]},
     "diagnostics": {"": ["name", "root", "classes"], "clip": ALL, "extraction": _STORE,
                     "model": ALL, "train": ALL, "evaluate": ["plot_videos"]},
     # an ablation table compares its variants' training settings
@@ -100,8 +107,14 @@ STAGES: dict[str, dict[str, list[str] | None]] = {
 }
 
 
+# How many CPUs a job uses is the rule's `threads` (passed as --threads), never a tracked
+# setting: changing it must not re-run anything.
+UNTRACKED = {"extraction": ("threads",), "train": ("threads",)}
+
+
 def stage_settings(settings: dict, stage: str) -> dict:
-    """The part of a dataset's merged settings that one stage reads (see ``STAGES``)."""
+    """The part of a dataset's merged settings that one stage reads (see ``STAGES``), less
+    the CPU counts (``UNTRACKED``)."""
     if stage not in STAGES:
         raise ConfigError(f"unknown stage {stage!r}; expected one of {sorted(STAGES)}")
     out: dict = {}
@@ -111,8 +124,15 @@ def stage_settings(settings: dict, stage: str) -> dict:
             continue
         values = settings.get(section) or {}
         chosen = values if keys is ALL else {k: values[k] for k in keys if k in values}
-        out[section] = copy.deepcopy(dict(chosen))
+        out[section] = {k: copy.deepcopy(v) for k, v in chosen.items()
+                        if k not in UNTRACKED.get(section, ())}
     return out
+
+
+def training_hash(settings: dict) -> str:
+    """The hash of what training reads of a dataset's settings (CPU counts aside): the
+    ``settings_hash`` a model records, and its metrics carry."""
+    return settings_hash(stage_settings(settings, "train"))
 
 
 def settings_hash(settings: dict) -> str:

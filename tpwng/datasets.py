@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from tpwng import RESOURCES
 from tpwng.files import write_lines, write_table
 from tpwng.store import StoreError
 from tpwng.video import DECODE_TIMEOUT, VideoError, VideoInfo, check_decodable, probe_video
@@ -41,7 +42,6 @@ XD_CODES = {
     "B6": "car accident", "G": "explosion",
 }
 
-RESOURCES = Path(__file__).resolve().parent / "resources"
 UCF_TRAIN_LIST = RESOURCES / "ucf_crime" / "Anomaly_Train.txt"
 UCF_TEST_LIST = RESOURCES / "ucf_crime" / "Anomaly_Test.txt"
 UCF_ANNOTATION = RESOURCES / "ucf_crime" / "Temporal_Anomaly_Annotation.txt"

@@ -1,20 +1,43 @@
-"""Metric tables and plots from a scores file and the manifest's ground truth."""
+"""Metric tables and plots from a scores file and the manifest's ground truth, and the
+table of reference detectors beside TPWNG (`baselines`)."""
 
 from __future__ import annotations
 
 import logging
 import subprocess
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from tpwng import __version__
+from tpwng import RESOURCES, __version__
+from tpwng.baselines import MilSettings, nearest_normal_distance, topk_mil_ranking
 from tpwng.checkpoint import load_checkpoint
-from tpwng.datasets import read_manifest
-from tpwng.files import write_json, write_lines
-from tpwng.inference import read_scores, read_stride
-from tpwng.metrics import VideoResult, intervals_to_labels, metrics_table
+from tpwng.datasets import NORMAL, ManifestRow, read_manifest
+from tpwng.files import write_json, write_table
+from tpwng.finegrained import (
+    DEFAULT_IOUS,
+    frame_class_probabilities,
+    parse_xd_multiclass_annotation,
+    published_fine_grained_map,
+    video_classification_accuracy,
+    video_ground_truth,
+)
+from tpwng.inference import pick_crop, read_class_probs, read_scores, read_stride
+from tpwng.metrics import (
+    VideoResult,
+    anomalous_only_auc,
+    expand_to_frames,
+    false_alarm_rate,
+    frame_ap,
+    frame_auc,
+    intervals_to_labels,
+    metrics_table,
+)
 from tpwng.plots import plot_roc_pr, plot_score_curves
+from tpwng.provenance import expected_store_provenance
+from tpwng.store import FeatureStore
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +86,76 @@ def video_results(manifest: Path, scores: Path, frames: str = "video") -> list[V
     return out
 
 
+XD_CLASS_ANNOTATION = RESOURCES / "xd_violence" / "annotations_multiclasses.txt"
+FINE_GRAINED_PROTOCOL = (
+    "published fine-grained detection protocol (VadCLIP-style XD-Violence / UCF-Crime scripts): "
+    "per class, normal included, proposals are runs of the per-frame class-probability curve "
+    "above max - 0.6 (max - min), >= 2 frames, scored max + 0.7 x mean of the top frames/16, "
+    "matched greedily at IoU >= t; AP = sum of precision at true positives / ground-truth "
+    "segments; mAP = mean over all classes. Ground truth: XD-Violence per-class intervals of "
+    "annotations_multiclasses.txt, other datasets the manifest intervals under the video's "
+    "class; a normal video is one normal segment. Empty classes (no proposal in any video, "
+    "listed in fine_grained_empty_classes) count AP 0 in the mean; the published scripts then "
+    "report mAP 0 at every threshold"
+)
+
+
+def class_ground_truth(videos: Sequence[VideoResult], rows: dict[str, ManifestRow],
+                       fmt: str) -> list[list[tuple[str, int, int]]]:
+    """Per video its ``(class, start, end)`` ground-truth segments for the fine-grained mAP
+    (`tpwng.finegrained.video_ground_truth`): XD-Violence (``fmt == "xd"``) takes the per-class
+    intervals of ``annotations_multiclasses.txt``, other formats the manifest's intervals under
+    the video's class."""
+    per_class = parse_xd_multiclass_annotation(XD_CLASS_ANNOTATION) if fmt == "xd" else {}
+    out = []
+    for v in videos:
+        row = rows[v.video_id]
+        anomalous = list(row.classes) != [NORMAL]
+        intervals = per_class.get(v.video_id) if anomalous else None
+        try:
+            out.append(video_ground_truth(row.classes, v.n_frames, row.intervals, intervals))
+        except ValueError as exc:
+            raise ValueError(f"test video {v.video_id}: {exc}") from None
+    return out
+
+
+def class_metrics(videos: Sequence[VideoResult], rows: dict[str, ManifestRow], scores: Path,
+                  fmt: str) -> dict:
+    """The published fine-grained detection mAP and the video classification accuracy of the
+    anomalous test videos, from the class probabilities of a scores file.
+
+    Frame-level class probabilities span the frames each video is evaluated on (its
+    ``VideoResult``, i.e. ``evaluate.frames``); the classification uses the snippet
+    probabilities (a video's class: argmax over the anomaly classes of their mean).
+    """
+    classes, probs = read_class_probs(scores)
+    stride = read_stride(scores)
+    frame_probs = [frame_class_probabilities(probs[v.video_id], v.n_frames, stride)
+                   for v in videos]
+    fine = published_fine_grained_map(frame_probs, class_ground_truth(videos, rows, fmt),
+                                      classes)
+    out: dict = {f"fine_grained_mAP@{t:g}": fine[f"mAP@{t:g}"] for t in DEFAULT_IOUS}
+    out["fine_grained_mAP_avg"] = fine["mAP_avg"]
+    out["fine_grained_class_AP_avg"] = {c: d["AP_avg"] for c, d in fine["per_class"].items()}
+    out["fine_grained_empty_classes"] = ", ".join(fine["empty_classes"])
+    out["fine_grained_protocol"] = FINE_GRAINED_PROTOCOL
+    acc = video_classification_accuracy([probs[v.video_id] for v in videos],
+                                        [v.classes for v in videos], classes)
+    seen = {c: d for c, d in acc["per_class"].items() if d["n_videos"]}
+    out["video_classification"] = {
+        "top1_accuracy": acc["accuracy"],
+        "mean_class_accuracy": acc["mean_class_accuracy"],
+        "n_videos": acc["n_videos"],
+        "per_class": {c: d["accuracy"] for c, d in seen.items()},
+        "videos_per_class": {c: d["n_videos"] for c, d in seen.items()},
+    }
+    return out
+
+
+def _cell(value: object) -> str:
+    return f"{value:.6f}" if isinstance(value, float) else str(value)
+
+
 def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -78,8 +171,10 @@ def evaluate(settings: dict, manifest: Path, scores: Path, model: Path, prefix: 
     videos = video_results(manifest, scores, convention)
     threshold = float(settings["evaluate"]["threshold"])
     table = metrics_table(videos, threshold=threshold)
-    meta = load_checkpoint(model)["meta"]
     rows = read_manifest(manifest)
+    table |= class_metrics(videos, {r.video_id: r for r in rows if r.split == "test"}, scores,
+                           settings["format"])
+    meta = load_checkpoint(model)["meta"]
     record = {
         "dataset": settings["name"],
         "split_sizes": {s: sum(r.split == s for r in rows) for s in ("train", "test")},
@@ -102,8 +197,8 @@ def evaluate(settings: dict, manifest: Path, scores: Path, model: Path, prefix: 
     write_json(Path(f"{prefix}_ap.json"),
                {**record, "metric": "frame_ap", "value": table["frame_ap"]})
     flat = _flatten(table)
-    write_lines(Path(f"{prefix}_metrics.tsv"), ["metric\tvalue"] + [
-        f"{k}\t{v:.6f}" if isinstance(v, float) else f"{k}\t{v}" for k, v in flat.items()])
+    write_table(Path(f"{prefix}_metrics.tsv"),
+                pd.DataFrame({"metric": list(flat), "value": [_cell(v) for v in flat.values()]}))
     plots = Path(prefix) / "plots"
     n = int(settings["evaluate"]["plot_videos"])
     plot_score_curves(videos, plots / "score_curves.png", max_videos=n,
@@ -112,3 +207,126 @@ def evaluate(settings: dict, manifest: Path, scores: Path, model: Path, prefix: 
     log.info("%s: frame AUC %.4f, AP %.4f", settings["name"], table["frame_auc"],
              table["frame_ap"])
     return full
+
+
+# --------------------------------------------------------------------------- baselines
+
+BASELINE_SCORES = {
+    "nearest_normal": "distance to the nearest normal training snippet (false alarms: "
+                      "logistic calibration on the training videos' labels)",
+    "topk_mil": "snippet MLP trained with the top-k MIL ranking hinge",
+    "tpwng": "TPWNG anomaly score (scores.h5)",
+}
+CALIBRATION_VIDEOS = 32  # at most this many normal and anomalous training videos calibrate
+
+
+def _spread(n: int, k: int) -> list[int]:
+    """``min(n, k)`` indices spread evenly over ``range(n)`` (deterministic)."""
+    return sorted({int(i) for i in np.linspace(0, n - 1, min(n, k)).round()}) if n else []
+
+
+def nearest_normal_calibration(
+    train: Sequence[np.ndarray], labels: Sequence[int], max_videos: int = CALIBRATION_VIDEOS,
+    k_divisor: int = 16,
+) -> Callable[[np.ndarray], np.ndarray] | None:
+    """A map of nearest-normal distances to [0, 1] fitted on the training videos' weak labels,
+    so that the false-alarm threshold means for the distance what it means for a probability.
+
+    Each of up to ``max_videos`` normal training videos is scored against the normal videos
+    other than itself (leave one video out), each of up to ``max_videos`` anomalous ones
+    against all normal videos; a video's score is the mean of its top ``max(1, T // 16)``
+    snippet distances (MIL's video score). A class-balanced logistic regression of the video
+    label on that score gives ``s(d) = σ(a·d + b)``. None with fewer than two normal or no
+    anomalous training videos.
+    """
+    from scipy.special import expit
+    from sklearn.linear_model import LogisticRegression
+
+    labels = np.asarray(labels)
+    normal, anomalous = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
+    if len(normal) < 2 or len(anomalous) == 0:
+        return None
+    held = [int(normal[i]) for i in _spread(len(normal), max_videos)]
+    picked = [int(anomalous[i]) for i in _spread(len(anomalous), max_videos)]
+    distances = [nearest_normal_distance([train[j] for j in normal if j != i],
+                                         [0] * (len(normal) - 1), [train[i]])[0] for i in held]
+    distances += nearest_normal_distance([train[j] for j in normal], [0] * len(normal),
+                                         [train[i] for i in picked])
+
+    def video_score(d: np.ndarray) -> float:
+        return float(np.sort(d)[::-1][: max(1, d.size // k_divisor)].mean())
+
+    x = np.array([video_score(d) for d in distances])
+    y = np.array([0] * len(held) + [1] * len(picked))
+    mean, std = x.mean(), max(x.std(), 1e-12)
+    fit = LogisticRegression(class_weight="balanced").fit(((x - mean) / std)[:, None], y)
+    a = float(fit.coef_[0, 0]) / std
+    b = float(fit.intercept_[0]) - a * mean
+    log.info("nearest-normal calibration on %d + %d training videos: s(d) = sigmoid(%.4g d "
+             "%+.4g)", len(held), len(picked), a, b)
+    return lambda d: expit(a * np.asarray(d, dtype=np.float64) + b)
+
+
+def _as_videos(truth: Sequence[VideoResult], snippet_scores: Sequence[np.ndarray],
+               stride: int) -> list[VideoResult]:
+    """Another method's snippet scores on TPWNG's test videos, frames and ground truth (each
+    snippet's score over its stride, cut or padded to the evaluated frames)."""
+    return [VideoResult(t.video_id, t.classes, expand_to_frames(s, t.n_frames, stride),
+                        t.frame_labels) for t, s in zip(truth, snippet_scores, strict=True)]
+
+
+def _frame_metrics(videos: Sequence[VideoResult], alarms: Sequence[VideoResult] | None,
+                   threshold: float) -> dict:
+    return {"frame_auc": frame_auc(videos), "frame_ap": frame_ap(videos),
+            "anomalous_auc": anomalous_only_auc(videos),
+            "false_alarm_rate": (None if alarms is None
+                                 else false_alarm_rate(alarms, threshold))}
+
+
+def baselines_report(settings: dict, manifest: Path, features: Path, scores: Path, out: Path,
+                     mil: MilSettings | None = None) -> pd.DataFrame:
+    """Nearest-normal distance and top-k MIL ranking beside TPWNG, one row per method.
+
+    Both detectors read the same store as TPWNG (crop ``train.test_crop``, or the only one),
+    learn from the training videos' labels, and score the test videos of ``scores`` (TPWNG's),
+    in its order, on the frames ``evaluate.frames`` asks for. Frame AUC, AP, AUC on anomalous
+    videos and false-alarm rate (frames of normal videos scored ``>= evaluate.threshold``) are
+    those of `tpwng.metrics.metrics_table`; the TPWNG row equals the metrics table's. The
+    nearest-normal distance is unbounded: its false alarms are counted on the calibrated score
+    of `nearest_normal_calibration` (a monotone map, so AUC and AP are the distance's).
+    """
+    import torch
+
+    convention = settings["evaluate"].get("frames", "video")
+    threshold = float(settings["evaluate"]["threshold"])
+    crop = int(settings["train"]["test_crop"])
+    torch.set_num_threads(int(settings["train"].get("threads", 2)))
+    truth = video_results(manifest, scores, convention)
+    stride = read_stride(scores)
+    train_rows = [r for r in read_manifest(manifest) if r.split == "train"]
+    with FeatureStore(features) as store:
+        store.check_compatible(expected_store_provenance(settings))
+        train = [pick_crop(store.get(r.video_id), crop) for r in train_rows]
+        test = [pick_crop(store.get(v.video_id), crop) for v in truth]
+    labels = [int(r.label != NORMAL) for r in train_rows]
+
+    distance = _as_videos(truth, nearest_normal_distance(train, labels, test), stride)
+    calibrate = nearest_normal_calibration(train, labels)
+    alarms = None if calibrate is None else [
+        VideoResult(v.video_id, v.classes, calibrate(v.frame_scores), v.frame_labels)
+        for v in distance]
+    mil_videos = _as_videos(truth, topk_mil_ranking(train, labels, test, mil or MilSettings()),
+                            stride)
+    rows = {"nearest_normal": _frame_metrics(distance, alarms, threshold),
+            "topk_mil": _frame_metrics(mil_videos, mil_videos, threshold),
+            "tpwng": _frame_metrics(truth, truth, threshold)}
+    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("method").reset_index()
+    table = table.assign(threshold=threshold, frame_convention=convention,
+                         videos=len(truth), frames=int(sum(v.n_frames for v in truth)),
+                         train_videos=len(train_rows),
+                         score=[BASELINE_SCORES[m] for m in table["method"]])
+    write_table(out, table)
+    for r in table.itertuples():
+        log.info("%s: %s frame AUC %.4f, AP %.4f", settings["name"], r.method, r.frame_auc,
+                 r.frame_ap)
+    return table

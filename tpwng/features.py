@@ -9,6 +9,7 @@ the encoder batch, whatever the videos' lengths.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ class ExtractionSettings:
     crop_mode: str = "center"
     batch_size: int = 64
     precision: str = "auto"  # auto: bf16 weights on CUDA, fp32 on CPU; or fp32 / bf16 / fp16
-    decode_workers: int = 2
+    decode_workers: int | str = "auto"  # or the CPUs given (see `decode_workers_for`)
     decode_chunk: int = 32
     decode_timeout: float = 600.0  # seconds a decode worker may take for one chunk
     dtype: str = "float16"
@@ -135,11 +136,25 @@ class ImageEncoder:
         return self.visual(x.flatten(0, 1).to(self.dtype)).float().view(n, self.crops, -1).cpu()
 
 
+def decode_workers_for(setting: int | str, threads: int | None = None) -> int:
+    """Decoding processes for ``extraction.decode_workers``: a number as given; ``auto`` the
+    CPUs the job was given (``threads``, capped by the CPUs this process may run on) less one
+    for the main process."""
+    if setting != "auto":
+        return int(setting)
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count() or 1
+    return max(0, min(threads or usable, usable) - 1)
+
+
 def extract(rows: Sequence, out: str | Path, spec: ClipSpec, settings: ExtractionSettings,
             dataset: str = "", shard: str = "", progress: bool = True,
-            clip_model: torch.nn.Module | None = None) -> dict:
+            clip_model: torch.nn.Module | None = None, threads: int | None = None) -> dict:
     """Embed every video of `rows` into the store `out`; return timing figures.
 
+    ``threads`` is the CPUs the job was given (``decode_workers: auto`` uses all but one).
     `clip_model` replaces the configured model (benchmarks measure the pipeline with a trivial
     encoder); the store then records the weights as `custom`.
     """
@@ -156,15 +171,17 @@ def extract(rows: Sequence, out: str | Path, spec: ClipSpec, settings: Extractio
     del clip_model
     jobs = plan_jobs(rows, settings)
     prov = extracted_provenance(spec, identity, settings, dim, dataset) | {"shard": shard}
+    workers = decode_workers_for(settings.decode_workers, threads)
+    log.info("%d videos, %d decoding processes", len(jobs), workers)
     loader = DataLoader(
         DecodeStream(jobs, settings.decode_chunk, settings.decode_timeout),
         batch_size=None,
-        num_workers=settings.decode_workers,
+        num_workers=workers,
         # a backstop only: each decoding call (open, chunk) has its own deadline, whose error
         # names the file, so this must not fire first
-        timeout=2 * settings.decode_timeout + 60 if settings.decode_workers > 0 else 0,
+        timeout=2 * settings.decode_timeout + 60 if workers > 0 else 0,
         pin_memory=encoder.device.type == "cuda",
-        prefetch_factor=4 if settings.decode_workers > 0 else None,
+        prefetch_factor=4 if workers > 0 else None,
         persistent_workers=False,
     )
     pending: dict[int, np.ndarray] = {}

@@ -10,14 +10,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from tpwng.checkpoint import check_against_settings, load_checkpoint, load_into
+from tpwng.checkpoint import (
+    check_against_settings,
+    load_checkpoint,
+    load_into,
+    stored_text_embeddings,
+)
 from tpwng.clip_backbone import ClipSpec, load_clip
 from tpwng.datasets import read_manifest
 from tpwng.device import resolve_device
 from tpwng.files import atomic_path
 from tpwng.metrics import expand_to_frames
 from tpwng.model import TPWNG, ModelConfig
-from tpwng.store import FeatureStore, h5_create, open_sealed
+from tpwng.store import FeatureStore, StoreError, h5_create, open_sealed
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,29 @@ def score_features(model: TPWNG, feats: np.ndarray, device="cpu") -> np.ndarray:
     return model.score(x, mask)[0].float().cpu().numpy()
 
 
+@torch.no_grad()
+def class_probabilities_of(model: TPWNG, feats: np.ndarray, text: torch.Tensor,
+                           logit_scale: float, device="cpu") -> np.ndarray:
+    """Class probabilities ``[T, k]`` of one video from its features ``[T, D]``, with given
+    class text embeddings ``[k, D]`` (`TPWNG.class_probabilities`; no text tower pass)."""
+    x = torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32))[None].to(device)
+    mask = torch.ones(x.shape[:2], dtype=torch.bool, device=device)
+    probs = model.class_probabilities(x, mask, text=text.to(device), logit_scale=logit_scale)
+    return probs[0].float().cpu().numpy()
+
+
+def checkpoint_text(model: TPWNG, model_path: Path) -> tuple[torch.Tensor, float]:
+    """The class text embeddings and logit scale a checkpoint stores; for a checkpoint written
+    before they were stored, the model's text tower computes them (with a warning)."""
+    ckpt = load_checkpoint(model_path)
+    if "text_embeddings" not in ckpt:
+        log.warning("%s stores no class text embeddings: computing them with the text tower",
+                    model_path)
+        with torch.no_grad():
+            return model.text_embeddings().detach().float().cpu(), float(model.logit_scale)
+    return stored_text_embeddings(ckpt, model_path)
+
+
 def pick_crop(feats: np.ndarray, crop: int) -> np.ndarray:
     """The configured test crop, or the only crop a store has (released test features)."""
     return feats[:, crop] if feats.shape[1] > crop else feats[:, 0]
@@ -52,9 +80,16 @@ def pick_crop(feats: np.ndarray, crop: int) -> np.ndarray:
 
 def score_test_set(settings: dict, manifest: Path, features: Path, model_path: Path,
                    out: Path) -> int:
+    """Score every test video of the manifest into ``out``.
+
+    Per video: ``/snippets/<id>`` (``[T]``), ``/frames/<id>`` (``[frames]``) and
+    ``/class_probs/<id>`` (``[T, k]``, float32, columns in the order of the file attribute
+    ``classes``), the last from the class text embeddings stored in the checkpoint.
+    """
     device = resolve_device(settings["train"].get("device", "auto"))
     torch.set_num_threads(int(settings["train"].get("threads", 2)))
     model, meta = load_model(model_path, settings, device)
+    text, logit_scale = checkpoint_text(model, model_path)
     stride = int(settings["extraction"]["stride"])
     crop = int(settings["train"]["test_crop"])
     rows = [r for r in read_manifest(manifest) if r.split == "test"]
@@ -68,11 +103,17 @@ def score_test_set(settings: dict, manifest: Path, features: Path, model_path: P
         f.attrs["stride"] = stride
         f.attrs["test_crop"] = crop
         f.attrs["order"] = "\n".join(r.video_id for r in rows)
+        f.attrs["classes"] = "\n".join(meta["classes"])
+        f.attrs["logit_scale"] = logit_scale
         snip, frames = f.create_group("snippets"), f.create_group("frames")
+        probs = f.create_group("class_probs")
         for r in tqdm(rows, desc=f"score {settings['name']}", file=sys.stderr, unit="video"):
-            s = score_features(model, pick_crop(store.get(r.video_id), crop), device)
+            feats = pick_crop(store.get(r.video_id), crop)
+            s = score_features(model, feats, device)
             snip[r.video_id] = s.astype(np.float32)
             frames[r.video_id] = expand_to_frames(s, r.frames, stride).astype(np.float32)
+            probs[r.video_id] = class_probabilities_of(model, feats, text, logit_scale,
+                                                       device).astype(np.float32)
     log.info("%s: %d test videos scored", out, len(rows))
     return len(rows)
 
@@ -84,6 +125,18 @@ def read_scores(path: Path) -> tuple[list[str], dict[str, np.ndarray], dict[str,
         frames = {v: f["frames"][v][()] for v in order}
         snippets = {v: f["snippets"][v][()] for v in order}
     return order, frames, snippets
+
+
+def read_class_probs(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Class names and per-video class probabilities ``[T, k]`` from a scores file."""
+    with open_sealed(path) as f:
+        if "class_probs" not in f or "classes" not in f.attrs:
+            raise StoreError(f"{path}: no class probabilities (scored by an older version; "
+                             "score again: snakemake --forcerun infer)")
+        order = str(f.attrs["order"]).split("\n") if f.attrs["order"] else []
+        classes = str(f.attrs["classes"]).split("\n")
+        probs = {v: f["class_probs"][v][()] for v in order}
+    return classes, probs
 
 
 def read_stride(path: Path) -> int:

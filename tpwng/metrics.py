@@ -255,6 +255,10 @@ def detection_map(
 ) -> dict[str, float]:
     """Class-agnostic temporal detection AP at each IoU threshold, and their mean.
 
+    Our own protocol (thresholded segments, VOC AP), reported as ``class_agnostic_detection``
+    by `metrics_table`; the published fine-grained protocol is
+    `tpwng.finegrained.published_fine_grained_map`.
+
     Predictions are :func:`score_segments` of every video, ranked by mean score (ties keep list
     and temporal order). At IoU ``t`` a prediction is a true positive when it matches a not yet
     matched ground-truth interval of the same video with IoU ``>= t`` (the best such one).
@@ -314,7 +318,8 @@ def metrics_table(videos: Sequence[VideoResult], threshold: float = 0.5) -> dict
         "anomalous_auc": anomalous_only_auc(videos),
         "false_alarm_rate": false_alarm_rate(videos, threshold),
         "per_class_auc": per_class_auc(videos),
-        "detection": detection_map(videos, threshold=threshold),
+        # our thresholded-segment protocol (`detection_map`), not the published one
+        "class_agnostic_detection": detection_map(videos, threshold=threshold),
         "threshold": float(threshold),
         "n_videos": len(videos),
         "n_anomalous": int(n_anomalous),

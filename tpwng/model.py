@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import losses
+from .class_probs import class_probabilities as _class_probabilities
 from .classifier import Classifier
-from .finegrained import class_probabilities as _class_probabilities
 from .masks import valid_mask
 from .nvp import NVP_MODES, NormalityVisualPrompt
 from .plg import anomaly_evidence, minmax_normalize, pseudo_labels
@@ -201,7 +201,7 @@ class TPWNG(nn.Module):
         """Class distribution ``[B, T, k]`` per snippet from raw image features ``[B, T, D]``.
 
         ``p(normal) = 1 - η`` and ``p(c) = η · softmax_c(τ · cos(x, T_c))`` over the anomaly
-        classes (`tpwng.finegrained.class_probabilities`), with ``η`` = `score` and the cosines
+        classes (`tpwng.class_probs.class_probabilities`), with ``η`` = `score` and the cosines
         on the features `similarities` compares. The text embeddings are computed once per call;
         pass ``text`` (and ``logit_scale``), e.g. those a checkpoint stores, to skip the text
         tower. Padded positions are all 0.

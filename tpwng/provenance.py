@@ -10,13 +10,20 @@ A checkpoint keeps what its training store recorded (``meta["store"]``), from wh
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from tpwng import __version__
 
 if TYPE_CHECKING:
     from tpwng.clip_backbone import ClipSpec
-    from tpwng.features import ExtractionSettings
+
+
+class Sampling(Protocol):
+    """How frames were sampled and cropped (`tpwng.features.ExtractionSettings` has these)."""
+
+    stride: int
+    sample: str
+    crop_mode: str
 
 # Provenance keys that must agree between a store and the config that reads it.
 COMPATIBILITY_KEYS = ("model", "weights", "stride", "sample", "crop_mode", "dim")
@@ -27,7 +34,7 @@ _PREPROCESSING = {
 }
 
 
-def extracted_provenance(spec: ClipSpec, identity: str, settings: ExtractionSettings, dim: int,
+def extracted_provenance(spec: ClipSpec, identity: str, settings: Sampling, dim: int,
                          dataset: str) -> dict:
     """What a store of features extracted here records."""
     from tpwng.preprocess import CLIP_MEAN, CLIP_STD, n_crops

@@ -14,14 +14,15 @@ import csv
 import logging
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from tpwng.checkpoint import load_checkpoint
+from tpwng.checkpoint import load_checkpoint, stored_text_embeddings
+from tpwng.class_probs import class_probabilities
 from tpwng.clip_backbone import ClipSpec, load_clip
 from tpwng.datasets import VIDEO_EXTENSIONS
 from tpwng.device import resolve_device
@@ -33,7 +34,7 @@ from tpwng.metrics import expand_to_frames, intervals_to_labels, score_segments
 from tpwng.model import TPWNG
 from tpwng.plots import SCORE_COLOR, figure, shade
 from tpwng.provenance import recorded_settings
-from tpwng.tcsal import TCSAL, AdaptiveSpanAttention
+from tpwng.tcsal import TCSAL, TCSALStream
 from tpwng.video import VideoError, VideoInfo, probe_video, read_frames, sample_indices
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class ScoreOptions:
     stream: bool = False
     device: str = "auto"
     batch_size: int = 64  # images per encoder batch
+    html: bool = False  # also a page per video (and index.html for a folder): tpwng.viewer
 
     @property
     def mode(self) -> str:
@@ -66,6 +68,12 @@ class Scorer:
     encoder: ImageEncoder
     extraction: ExtractionSettings
     crop: int = 0  # the test crop (0 = centre) of multi-crop extraction
+    text: torch.Tensor | None = None  # class text embeddings [k, D] saved with the checkpoint
+    logit_scale: float = 100.0
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
 
     @property
     def device(self) -> torch.device:
@@ -78,7 +86,13 @@ class Scorer:
 def load_scorer(model_path: Path, device: str = "auto", batch_size: int = 64) -> Scorer:
     """The checkpoint's model and the CLIP image encoder that made its training features."""
     model_path = Path(model_path)
-    meta = load_checkpoint(model_path)["meta"]
+    ckpt = load_checkpoint(model_path)
+    meta = ckpt["meta"]
+    try:
+        text, scale = stored_text_embeddings(ckpt, model_path)
+    except CheckpointError as exc:
+        log.warning("%s; detected intervals get no class", exc)
+        text, scale = None, 100.0
     settings = recorded_settings(meta)
     if settings["extraction"]["source"] == "released":
         log.warning("%s: trained on released features; scoring with centre-crop features of "
@@ -89,7 +103,8 @@ def load_scorer(model_path: Path, device: str = "auto", batch_size: int = 64) ->
     ex = ExtractionSettings(**{k: settings["extraction"][k] for k in ("stride", "sample",
                                                                       "crop_mode")},
                             batch_size=batch_size, device=str(dev))
-    return Scorer(model, meta, model_path, ImageEncoder(clip_model, ex), ex)
+    return Scorer(model, meta, model_path, ImageEncoder(clip_model, ex), ex, text=text,
+                  logit_scale=scale)
 
 
 def find_videos(path: Path) -> list[Path]:
@@ -126,37 +141,21 @@ def snippet_features(scorer: Scorer, path: Path, info: VideoInfo,
         yield pick_crop(scorer.encoder.encode(x).numpy(), scorer.crop)
 
 
-def score_offline(scorer: Scorer, path: Path, info: VideoInfo) -> np.ndarray:
-    """Snippet scores of the whole video at once."""
+def score_offline(scorer: Scorer, path: Path, info: VideoInfo,
+                  features: list[np.ndarray] | None = None) -> np.ndarray:
+    """Snippet scores of the whole video at once (its features appended to ``features``)."""
     feats = np.concatenate(list(snippet_features(scorer, path, info)))
+    if features is not None:
+        features.append(feats)
     return score_features(scorer.model, feats, scorer.device)
 
 
-class _CachedAttention(nn.Module):
-    """A TCSAL attention layer fed only the next (valid) snippets; it caches the keys and values
-    of the last ceil(F + R) positions, the widest distance Eq. 7's mask lets through."""
-
-    def __init__(self, attn: AdaptiveSpanAttention) -> None:
-        super().__init__()
-        self.attn = attn
-        self.window = math.ceil(attn.span_scale + attn.R)  # χ = 0 at distances ≥ F + R
-        self.k: torch.Tensor | None = None
-        self.v: torch.Tensor | None = None
-        self.seen = 0
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
-                return_weights: bool = False) -> torch.Tensor:
-        a = self.attn
-        B, T, D = x.shape
-        q, k, v = a.qkv(x).view(B, T, 3, a.heads, a.head_dim).permute(2, 0, 3, 1, 4)
-        if self.k is not None:
-            k, v = torch.cat([self.k, k], 2), torch.cat([self.v, v], 2)
-        keys_valid = torch.ones(B, k.shape[2], dtype=torch.bool, device=x.device)
-        ctx, _ = a._attend(q, k, v, a.spans(x), keys_valid, self.seen,
-                           self.seen + T - k.shape[2])
-        self.k, self.v = k[:, :, -self.window :], v[:, :, -self.window :]
-        self.seen += T
-        return a.out_proj(ctx.transpose(1, 2).reshape(B, T, D))
+def snippet_class_probs(scorer: Scorer, feats: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Per-snippet class probabilities ``[T, k]`` (`tpwng.class_probs`) from the features and
+    the anomaly scores, with the text embeddings saved in the checkpoint."""
+    return class_probabilities(torch.from_numpy(np.ascontiguousarray(feats, np.float32)),
+                               scorer.text, scorer.logit_scale,
+                               torch.from_numpy(np.asarray(scores, np.float32))).numpy()
 
 
 def check_streamable(model: TPWNG, path: Path) -> None:
@@ -165,39 +164,56 @@ def check_streamable(model: TPWNG, path: Path) -> None:
         raise CheckpointError(f"{path}: stream mode needs the causal TCSAL temporal module, but "
                               f"this model uses model.temporal: {model.cfg.temporal} "
                               "(bidirectional); score it without --stream")
-    if model.cfg.span_scale is None:
+    if not model.temporal.streamable:
         raise CheckpointError(f"{path}: stream mode needs a fixed model.span_scale, but this "
                               "model scales spans by each video's length (span_scale: null)")
 
 
+class _StreamedTemporal(nn.Module):
+    """Stands in for ``model.temporal`` during a push: the new snippets go through the stream."""
+
+    def __init__(self, stream: TCSALStream) -> None:
+        super().__init__()
+        self.stream = stream
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.stream.push(x)
+
+
 class SnippetStream:
-    """Scores one video's snippets as they come; the scores equal those of the whole video."""
+    """Scores one video's snippets as they come; the scores equal those of the whole video.
+
+    The temporal module's `TCSALStream` keeps each layer's keys and values of the last
+    ceil(F + R) snippets; the rest of the scoring is the model's own (`TPWNG.score`).
+    """
 
     def __init__(self, model: TPWNG, path: Path, device: torch.device | str = "cpu") -> None:
         check_streamable(model, path)
         self.model = model
         self.device = device
-        self._caches = [_CachedAttention(layer.attn) for layer in model.temporal.layers]
+        self.stream = model.temporal.stream()
 
     def push(self, feats: np.ndarray) -> np.ndarray:
         """Scores of the next snippets from their features [n, D]."""
-        layers = self.model.temporal.layers
-        for layer, cache in zip(layers, self._caches, strict=True):
-            layer.attn = cache
+        temporal = self.model.temporal
+        self.model.temporal = _StreamedTemporal(self.stream)
         try:
             return score_features(self.model, feats, self.device)
         finally:
-            for layer, cache in zip(layers, self._caches, strict=True):
-                layer.attn = cache.attn
+            self.model.temporal = temporal
 
 
 def score_stream(scorer: Scorer, path: Path, info: VideoInfo,
-                 on_snippet: SnippetCallback | None = None) -> np.ndarray:
-    """Snippet scores decided one snippet at a time (decode, encode, score)."""
+                 on_snippet: SnippetCallback | None = None,
+                 features: list[np.ndarray] | None = None) -> np.ndarray:
+    """Snippet scores decided one snippet at a time (decode, encode, score); each snippet's
+    features are appended to ``features``."""
     stream = SnippetStream(scorer.model, scorer.path, scorer.device)
     stride = scorer.extraction.stride
     scores: list[float] = []
     for feats in snippet_features(scorer, path, info, stream=True):
+        if features is not None:
+            features.append(feats)
         for s in stream.push(feats):
             if on_snippet is not None:
                 on_snippet(len(scores), len(scores) * stride / info.fps, float(s))
@@ -217,30 +233,47 @@ class VideoScores:
     snippets: np.ndarray
     frames: np.ndarray
     intervals: list[dict]
+    class_probs: np.ndarray | None = None  # [snippets, k], column 0 = normal
+    classes: list[str] = field(default_factory=list)
 
 
 def detect_intervals(frame_scores: np.ndarray, fps: float, threshold: float,
-                     min_length: float) -> list[dict]:
-    """Runs of frames scored ≥ threshold lasting ≥ min_length seconds (frames end-exclusive)."""
-    return [
-        {"start_frame": s, "end_frame": e, "start_s": s / fps, "end_s": e / fps,
-         "mean_score": mean, "max_score": float(frame_scores[s:e].max())}
-        for s, e, mean in score_segments(frame_scores, threshold,
-                                         max(1, math.ceil(min_length * fps)))
-    ]
+                     min_length: float, class_probs: np.ndarray | None = None,
+                     classes: list[str] | None = None, stride: int = 16) -> list[dict]:
+    """Runs of frames scored ≥ threshold lasting ≥ min_length seconds (frames end-exclusive).
+
+    With per-snippet ``class_probs`` each interval also names its most likely anomaly class:
+    the largest mean p(c) over the interval's snippets (c ≠ normal), with that mean."""
+    out = []
+    for s, e, mean in score_segments(frame_scores, threshold,
+                                     max(1, math.ceil(min_length * fps))):
+        iv = {"start_frame": s, "end_frame": e, "start_s": s / fps, "end_s": e / fps,
+              "mean_score": mean, "max_score": float(frame_scores[s:e].max())}
+        if class_probs is not None and classes:
+            within = class_probs[s // stride: -(-e // stride), 1:].mean(axis=0)
+            best = int(np.argmax(within))
+            iv |= {"class": classes[best + 1], "class_probability": float(within[best])}
+        out.append(iv)
+    return out
 
 
 def score_video(scorer: Scorer, path: Path, options: ScoreOptions,
                 on_snippet: SnippetCallback | None = None) -> VideoScores:
     """Decode, encode and score one video; expand to frames; detect intervals."""
     info = probe_video(path)  # a VideoError unless frames and frame rate are known
+    features: list[np.ndarray] = []
     if options.stream:
-        snippets = score_stream(scorer, path, info, on_snippet)
+        snippets = score_stream(scorer, path, info, on_snippet, features)
     else:
-        snippets = score_offline(scorer, path, info)
-    frames = expand_to_frames(snippets, info.frames, scorer.extraction.stride)
-    intervals = detect_intervals(frames, info.fps, options.threshold, options.min_length)
-    return VideoScores(Path(path), info, snippets, frames, intervals)
+        snippets = score_offline(scorer, path, info, features)
+    stride = scorer.extraction.stride
+    frames = expand_to_frames(snippets, info.frames, stride)
+    probs = None
+    if scorer.text is not None:
+        probs = snippet_class_probs(scorer, np.concatenate(features), snippets)
+    intervals = detect_intervals(frames, info.fps, options.threshold, options.min_length,
+                                 probs, scorer.classes, stride)
+    return VideoScores(Path(path), info, snippets, frames, intervals, probs, scorer.classes)
 
 
 def write_csv(result: VideoScores, path: Path) -> None:
@@ -267,6 +300,11 @@ def plot_video_scores(result: VideoScores, path: Path, threshold: float) -> None
         ax.set_ylabel("anomaly score")
         top = ax.secondary_xaxis("top", functions=(lambda f: f / fps, lambda t: t * fps))
         top.set_xlabel("seconds")
+        for iv in result.intervals:
+            if "class" in iv:
+                ax.text((iv["start_frame"] + iv["end_frame"]) / 2, 0.97,
+                        f"{iv['class']} {iv['class_probability']:.2f}", ha="center",
+                        va="top", fontsize=7, clip_on=True)
         ax.set_title(result.path.name, fontsize=10)
         ax.legend(loc="upper right", fontsize=8)
 
@@ -298,6 +336,10 @@ def write_video_outputs(result: VideoScores, scorer: Scorer, options: ScoreOptio
         "intervals": result.intervals,
     }
     write_json(files["intervals"], record)
+    if options.html:
+        from tpwng.viewer import write_scored_page
+
+        files |= write_scored_page(result, files, options.threshold, scorer.extraction.stride)
     return {"video": str(result.path), "frames": result.info.frames,
             "duration_s": result.info.frames / result.info.fps,
             "max_score": float(result.frames.max()),
@@ -336,4 +378,8 @@ def score_paths(target: Path, model_path: Path, out_dir: Path, options: ScoreOpt
                "threshold": options.threshold, "min_length_s": options.min_length,
                "videos": entries}
     write_json(Path(out_dir) / "summary.json", summary)
+    if options.html and Path(target).is_dir():
+        from tpwng.viewer import write_scores_index
+
+        write_scores_index(summary, Path(out_dir))
     return summary

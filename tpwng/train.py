@@ -15,7 +15,7 @@ from tqdm import tqdm
 from tpwng import __version__
 from tpwng.checkpoint import save_checkpoint
 from tpwng.clip_backbone import ClipSpec, load_clip
-from tpwng.config import settings_hash
+from tpwng.config import training_hash
 from tpwng.datasets import DatasetError, load_interval_file, read_manifest
 from tpwng.device import resolve_device
 from tpwng.metrics import pseudo_label_quality
@@ -75,6 +75,17 @@ def feature_stats(videos: list[TrainVideo]) -> tuple[torch.Tensor, torch.Tensor]
 
 
 EPOCH_MODES = ("crops", "videos")
+
+
+def training_autocast(precision: str, device: torch.device) -> torch.autocast:
+    """bf16 autocast for ``bf16``, and for ``auto`` on CUDA; otherwise float32 (disabled).
+
+    The similarities, the pseudo-label threshold and the losses run in float32 inside it
+    (``TPWNG`` leaves autocast for them)."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"train.precision must be auto, fp32 or bf16, got {precision!r}")
+    enabled = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def epoch_items(videos: list[TrainVideo], epoch_over: str) -> tuple[list[int], list[int] | None]:
@@ -168,6 +179,7 @@ def train(settings: dict, manifest: Path, features: Path, out: Path, log_path: P
     params = list(model.trainable_parameters())
     opt = torch.optim.Adam(params, lr=float(tr["lr"]), weight_decay=float(tr["weight_decay"]))
 
+    autocast = training_autocast(str(tr.get("precision", "auto")), device)
     epoch_over = str(tr.get("epoch_over", "crops"))
     items_n, crops_n = epoch_items(normal, epoch_over)
     items_a, crops_a = epoch_items(anomalous, epoch_over)
@@ -194,7 +206,8 @@ def train(settings: dict, manifest: Path, features: Path, out: Path, log_path: P
             xa, ma = batch_features(anomalous, idx_a, rng, device,
                             None if crops_a is None else [crops_a[p] for p in pos_a])
             ya = class_targets(anomalous, idx_a, classes, device)
-            loss, logs, _ = model.training_step(xn, mn, xa, ma, ya)
+            with autocast:
+                loss, logs, _ = model.training_step(xn, mn, xa, ma, ya)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -221,7 +234,7 @@ def train(settings: dict, manifest: Path, features: Path, out: Path, log_path: P
         "epoch_over": epoch_over,
         "steps_per_epoch": steps,
         "seed": seed,
-        "settings_hash": settings_hash(settings),
+        "settings_hash": training_hash(settings),
         "train_videos": {"normal": len(normal), "anomalous": len(anomalous)},
         "train_seconds": seconds,
         "tpwng_version": __version__,

@@ -94,9 +94,11 @@ rule ablation_table:
 
 
 rule ablation_summary:
-    """Every ablation table of a dataset in one TSV (one header)."""
+    """Every ablation table of a dataset in one TSV (one header), then the baselines beside
+    TPWNG (rows of table `baselines`)."""
     input:
-        expand("results/{{dataset}}/ablations/{table}.tsv", table=ABLATION_TABLES),
+        tables=expand("results/{{dataset}}/ablations/{table}.tsv", table=ABLATION_TABLES),
+        baselines="results/{dataset}/baselines.tsv",
     output:
         report(
             "results/{dataset}/ablations/summary.tsv",
@@ -110,7 +112,8 @@ rule ablation_summary:
     conda:
         ENV
     shell:
-        "awk 'FNR > 1 || NR == 1' {input} > {output} 2> {log}"
+        "python -m tpwng.ablations summary --out {output} --baselines {input.baselines} "
+        "{input.tables} 2> {log}"
 
 
 rule ablations:

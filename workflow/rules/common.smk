@@ -62,4 +62,5 @@ def plot_files(name):
 
 def demo_targets(name):
     return [f"results/{name}_auc.json", f"results/{name}_ap.json",
-            f"results/{name}_metrics.tsv"] + plot_files(name)
+            f"results/{name}_metrics.tsv"] + plot_files(name) + [
+            f"results/{name}/viewer/index.html", f"results/{name}/baselines.tsv"]

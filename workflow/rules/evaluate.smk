@@ -11,7 +11,7 @@ rule infer:
         settings=settings_of("infer"),
     log:
         "logs/{dataset}/infer.log",
-    threads: 2
+    threads: lambda w: int(ds(w.dataset)["train"]["threads"])
     resources:
         mem_mb=8000,
         runtime=60,
@@ -19,7 +19,8 @@ rule infer:
         ENV
     shell:
         "tpwng infer --settings {params.settings:q} --manifest {input.manifest} "
-        "--features {input.features} --model {input.model} --out {output} 2> {log}"
+        "--features {input.features} --model {input.model} --out {output} --threads {threads} "
+        "2> {log}"
 
 
 rule evaluate:

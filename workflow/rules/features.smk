@@ -8,7 +8,7 @@ rule extract_shard:
         settings=settings_of("extract"),
     log:
         "logs/{dataset}/extract-{shard}-of-{nshards}.log",
-    threads: 2
+    threads: lambda w: int(ds(w.dataset)["extraction"]["threads"])
     resources:
         gpu=1,
         mem_mb=16000,
@@ -17,7 +17,8 @@ rule extract_shard:
         ENV
     shell:
         "tpwng extract --settings {params.settings:q} --manifest {input} "
-        "--shard {wildcards.shard} --shards {wildcards.nshards} --out {output} 2> {log}"
+        "--shard {wildcards.shard} --shards {wildcards.nshards} --threads {threads} "
+        "--out {output} 2> {log}"
 
 
 rule import_released:

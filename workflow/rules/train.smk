@@ -17,7 +17,7 @@ rule train:
         settings=settings_of("train"),
     log:
         "logs/{dataset}/train.log",
-    threads: 2
+    threads: lambda w: int(ds(w.dataset)["train"]["threads"])
     resources:
         gpu=1,
         mem_mb=16000,
@@ -26,4 +26,5 @@ rule train:
         ENV
     shell:
         "tpwng train --settings {params.settings:q} --manifest {input.manifest} "
-        "--features {input.features} --out {output.model} --log {output.log} 2> {log}"
+        "--features {input.features} --out {output.model} --log {output.log} "
+        "--threads {threads} 2> {log}"

@@ -1,0 +1,229 @@
+"""TCSAL through `scaled_dot_product_attention` equals the hand-written Eq. 9; the fused layer
+pieces equal their autograd references; streaming equals the whole sequence."""
+
+from __future__ import annotations
+
+import ast
+import copy
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from tpwng import tcsal
+from tpwng.tcsal import TCSAL, dropout_mask, log_span_mask, soft_mask
+
+D = 32
+TOL = {"atol": 1e-5, "rtol": 0.0}
+
+
+@pytest.fixture(autouse=True)
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(min(before, 2))
+    yield
+    torch.set_num_threads(before)
+
+
+def _pair(span_scale, R, **kw) -> tuple[TCSAL, TCSAL]:
+    """The same weights with the fused (SDPA) and the hand-written attention."""
+    torch.manual_seed(0)
+    kw = {"layers": 2, "heads": 4, "ff_dim": 48, "dropout": 0.0} | kw
+    sdpa = TCSAL(D, R=R, span_scale=span_scale, **kw)
+    manual = copy.deepcopy(sdpa)
+    manual.attention_impl = "manual"
+    assert sdpa.attention_impl == "sdpa"
+    return sdpa, manual
+
+
+def _batch(T: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Four videos: whole, padded at the end, padded at both ends, and one valid snippet."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(4, T, D, generator=gen)
+    mask = torch.ones(4, T, dtype=torch.bool)
+    mask[1, T // 2 :] = False
+    mask[2, :3] = False
+    mask[2, -5:] = False
+    mask[3, 1:] = False
+    return x, mask
+
+
+def _loss(y: torch.Tensor, mask: torch.Tensor, seed: int = 1) -> torch.Tensor:
+    w = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed))
+    return (y * w)[mask].sum() / mask.sum()
+
+
+# span_scale, R, T: the ramp of Eq. 7 bites (and, for the last, χ reaches 0 inside the sequence)
+CASES = [(6.0, 4.0, 20), (256.0, 256.0, 200), (2.5, 1.5, 24), (None, 8.0, 20)]
+
+
+@pytest.mark.parametrize("span_scale,R,T", CASES)
+def test_sdpa_equals_manual_in_training(span_scale, R, T):
+    sdpa, manual = _pair(span_scale, R)
+    sdpa.train(), manual.train()  # dropout 0: deterministic
+    x, mask = _batch(T)
+    ys, ym = sdpa(x, mask), manual(x, mask)
+    assert torch.isfinite(ys).all()
+    torch.testing.assert_close(ys[mask], ym[mask], **TOL)
+    _loss(ys, mask).backward()
+    _loss(ym, mask).backward()
+    for (name, ps), pm in zip(sdpa.named_parameters(), manual.parameters(), strict=True):
+        assert torch.isfinite(ps.grad).all(), name
+        torch.testing.assert_close(ps.grad, pm.grad, **TOL, msg=name)
+    for layer in sdpa.layers:  # c, b of Eq. 8 learn through the mask
+        assert layer.attn.span.weight.grad.abs().sum() > 0
+        assert layer.attn.span.bias.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("span_scale,R", [(6.0, 4.0), (40.0, 24.0), (None, 8.0)])
+def test_sdpa_equals_manual_on_whole_videos(span_scale, R):
+    sdpa, manual = _pair(span_scale, R)
+    sdpa.eval(), manual.eval()
+    x = torch.randn(2, 300, D, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        whole = sdpa(x)
+        torch.testing.assert_close(whole, manual(x), **TOL)
+        for model in (sdpa, manual):
+            for layer in model.layers:
+                layer.attn.chunk_size = 64  # query chunks over the key window ceil(F + R)
+        torch.testing.assert_close(sdpa(x), whole, **TOL)
+        torch.testing.assert_close(manual(x), whole, **TOL)
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "manual"])
+@pytest.mark.parametrize("span_scale,R,piece", [(6.0, 4.0, 1), (2.5, 1.5, 7), (16.0, 8.0, 90)])
+def test_stream_equals_the_whole_sequence(impl, span_scale, R, piece):
+    model = _pair(span_scale, R)[0].eval()
+    model.attention_impl = impl
+    for layer in model.layers:
+        layer.attn.chunk_size = 32  # a long push is chunked too
+    x = torch.randn(2, 130, D, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        whole = model(x)
+        stream = model.stream()
+        parts = [stream.push(x[:, i : i + piece]) for i in range(0, x.shape[1], piece)]
+    assert stream.seen == x.shape[1]
+    assert all(c.k.shape[2] <= c.window for c in stream.caches)
+    torch.testing.assert_close(torch.cat(parts, 1), whole, **TOL)
+    stream.reset()
+    with torch.no_grad():
+        torch.testing.assert_close(stream.push(x[:, :5]), whole[:, :5], **TOL)
+
+
+def test_stream_needs_a_fixed_span_scale():
+    model = TCSAL(D, layers=1, heads=2, span_scale=None, ff_dim=16)
+    assert not model.streamable
+    with pytest.raises(ValueError, match="span_scale"):
+        model.stream()
+    with pytest.raises(ValueError, match="attention_impl"):
+        model.attention_impl = "flash"
+
+
+def test_log_span_mask_is_log_chi_and_differentiable():
+    gen = torch.Generator().manual_seed(5)
+    R, Tq, Tk, q0, k0 = 4.0, 6, 9, 5, 2  # queries at 5..10, keys at 2..10
+    z = (torch.rand(2, 3, Tq, generator=gen) * 6).requires_grad_()
+    key_valid = torch.ones(2, Tk, dtype=torch.bool)
+    key_valid[1, 3] = False  # position 5, also a query's: only that query sees it
+    key_valid[1, 0] = False
+    m = log_span_mask(z, R, q0, k0, Tk, key_valid)
+    h = (torch.arange(q0, q0 + Tq)[:, None] - torch.arange(k0, k0 + Tk)[None, :]).float()
+    chi = soft_mask(z.unsqueeze(-1), h, R)
+    live = (chi > 0) & (h >= 0) & (key_valid[:, None, None, :] | (h == 0))
+    assert not live[1, :, :, 0].any() and live[1, :, 0, 3].all() and not live[1, :, 1:, 3].any()
+    assert torch.equal(torch.isfinite(m), live)
+    torch.testing.assert_close(m[live], chi[live].log())
+    g = torch.randn(m.shape, generator=gen) * live
+    (grad,) = torch.autograd.grad((m[live] * g[live]).sum(), z)
+    (ref,) = torch.autograd.grad((chi[live].log() * g[live]).sum(), z)
+    torch.testing.assert_close(grad, ref)
+    assert (grad != 0).any()
+
+
+def test_padded_keys_are_never_seen_by_valid_queries_and_nothing_is_nan():
+    sdpa, manual = _pair(3.0, 2.0)
+    x, mask = _batch(16)
+    mask[0] = False  # a video with no valid snippet at all
+    x_changed = x.clone()
+    x_changed[~mask] = 1e4  # garbage where padded
+    for model in (sdpa.train(), manual.train()):
+        y = model(x_changed, mask)
+        assert torch.isfinite(y).all()
+        torch.testing.assert_close(y[mask], model(x, mask)[mask], **TOL)
+        _loss(y, mask).backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def _layer(dropout: float) -> tcsal.TCSALLayer:
+    torch.manual_seed(0)
+    return tcsal.TCSALLayer(D, heads=4, R=4, span_scale=6, ff_dim=48, dropout=dropout).train()
+
+
+def test_fused_layer_equals_the_autograd_reference():
+    layer = _layer(0.0)
+    x = torch.randn(3, 10, D, requires_grad=True)
+    a = torch.randn(3, 10, D, requires_grad=True)
+    fused = layer._block(x, a.clone())
+    x1 = layer.norm1(x + a)
+    ref = layer.norm2(x1 + layer.ff(x1))
+    torch.testing.assert_close(fused, ref, **TOL)
+    g = torch.randn_like(ref)
+    got = torch.autograd.grad(fused, [x, a, *layer.parameters()], g, allow_unused=True)
+    want = torch.autograd.grad(ref, [x, a, *layer.parameters()], g, allow_unused=True)
+    for i, (u, w) in enumerate(zip(got, want, strict=True)):
+        if w is None:
+            continue
+        torch.testing.assert_close(u, w, **TOL, msg=f"input {i}")
+
+
+def test_fused_dropout_equals_reference_with_the_same_masks():
+    p = 0.3
+    layer = _layer(p)
+    lin1, lin2 = layer.ff[0], layer.ff[3]
+    x = torch.randn(40, D, requires_grad=True)
+    torch.manual_seed(7)
+    got = tcsal._FeedForwardResidual.apply(x, lin1.weight, lin1.bias, lin2.weight, lin2.bias,
+                                           p, p)
+    torch.manual_seed(7)  # the same draws, in the same order
+    drop_h, alpha = dropout_mask(torch.Size([40, 48]), p, x.device)
+    drop_y, scale = dropout_mask(torch.Size([40, D]), p, x.device)
+    h = torch.relu(lin1(x)) * ~drop_h * alpha
+    ref = x + lin2(h) * ~drop_y * scale
+    torch.testing.assert_close(got, ref, **TOL)
+    g = torch.randn_like(ref)
+    params = [x, *layer.ff.parameters()]
+    for u, w in zip(torch.autograd.grad(got, params, g), torch.autograd.grad(ref, params, g),
+                    strict=True):
+        torch.testing.assert_close(u, w, **TOL)
+
+
+def test_dropout_mask_rate_and_scale():
+    torch.manual_seed(0)
+    shape = torch.Size([1000, 1001])  # not a multiple of 4 elements' worth of words
+    for p in (0.1, 0.5):
+        drop, scale = dropout_mask(shape, p, torch.device("cpu"))
+        assert drop.shape == shape and drop.dtype == torch.bool
+        rate = drop.float().mean().item()
+        assert abs(rate - p) < 5 * math.sqrt(p * (1 - p) / shape.numel())
+        assert scale == pytest.approx(1 / (1 - p), rel=1e-4)
+    drop, scale = dropout_mask(shape, 1.0, torch.device("cpu"))
+    assert drop.all() and scale == 0.0
+    x = torch.zeros(64, 100, D)
+    a = torch.ones(64, 100, D)
+    out = tcsal._ResidualDropout.apply(x, a, 0.5)
+    assert set(out.unique().tolist()) == {0.0, 2.0}
+    assert abs(out.mean().item() - 1.0) < 0.02
+
+
+def test_no_private_tcsal_name_is_used_elsewhere():
+    root = Path(tcsal.__file__).parent
+    for path in root.rglob("*.py"):
+        if path.name == "tcsal.py":
+            continue
+        text = path.read_text()
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").endswith("tcsal"):
+                assert not [a.name for a in node.names if a.name.startswith("_")], path
+        assert not re.search(r"\btcsal\._\w", text), path
