@@ -24,7 +24,7 @@ def sample_videos() -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def tiny_clip():
-    from tpwng.clip_backbone import ClipSpec, load_clip
+    from tpwng.features.clip_backbone import ClipSpec, load_clip
 
     model, identity = load_clip(ClipSpec("tpwng-tiny-ViT-B-16", "none", 0))
     return model, identity

@@ -1,7 +1,7 @@
 """Bad inputs for the fault tests, and the means to run the real CLI and kill it.
 
 Videos are written with PyAV (libx264) and then damaged at the byte level. `serve_with_faults`
-is a decoding child (see tpwng.video) that misbehaves on request, to simulate decoders that
+is a decoding child (see tpwng.features.video) that misbehaves on request, to simulate decoders that
 hang while holding the GIL or crash. `run_cli` runs `tpwng.cli.main` in a process of its own
 group, so that a test can kill it, and everything it started, with SIGKILL.
 """
@@ -270,7 +270,7 @@ def store_checksums(path: str | Path) -> dict[str, str]:
 
 
 def scores_checksums(path: str | Path) -> dict[str, str]:
-    from tpwng.inference import read_scores
+    from tpwng.evaluate.inference import read_scores
 
     order, frames, snippets = read_scores(Path(path))
     return {v: hashlib.sha256(frames[v].tobytes() + snippets[v].tobytes()).hexdigest()
@@ -278,7 +278,7 @@ def scores_checksums(path: str | Path) -> dict[str, str]:
 
 
 def checkpoint_checksums(path: str | Path) -> dict[str, str]:
-    from tpwng.checkpoint import load_checkpoint
+    from tpwng.train.checkpoint import load_checkpoint
 
     state = load_checkpoint(path)["state"]
     return {k: hashlib.sha256(t.numpy().tobytes()).hexdigest() for k, t in sorted(state.items())}
@@ -294,7 +294,7 @@ def serve_with_faults() -> None:
     import ctypes
     import signal
 
-    from tpwng import video
+    from tpwng.features import video
 
     op, name, how = os.environ[HANG_ENV].split(":")
     handle = video._handle
@@ -317,8 +317,8 @@ FAULTY_DECODER = [sys.executable, "-c", "from tests.faults import serve_with_fau
 
 # --------------------------------------------------------------------------- the real CLI
 
-_PRELOAD = ["torch", "open_clip", "h5py", "decord", "tpwng.cli", "tpwng.features",
-            "tpwng.train", "tpwng.inference", "tpwng.datasets", "tests.faults"]
+_PRELOAD = ["torch", "open_clip", "h5py", "decord", "tpwng.cli", "tpwng.features.extract",
+            "tpwng.train.loop", "tpwng.evaluate.inference", "tpwng.data.datasets", "tests.faults"]
 
 
 def cli_context():

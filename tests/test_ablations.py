@@ -9,8 +9,8 @@ import pytest
 
 from tests.conftest import REPO
 from tests.dag import job_counts, snakemake, tiny_config
-from tpwng import ablations
 from tpwng.config import ConfigError, dataset_settings, load, training_hash
+from tpwng.evaluate import ablations
 
 # Variant branches of each table besides the main model (rows that equal the defaults share it).
 OWN_BRANCHES = {"table2_nvp": 2, "table3_guidance": 1, "table4_temporal": 1, "table5_losses": 4,
@@ -165,7 +165,7 @@ def test_tiny_table3_run(tiny_ablation_run):
     assert rows[1]["ours"] == f"{100 * main['metrics']['frame_auc']:.2f}"
     assert rows[0]["ours"] == f"{100 * branch['metrics']['frame_auc']:.2f}"
     assert branch["settings_hash"] != main["settings_hash"]
-    from tpwng.checkpoint import load_checkpoint
+    from tpwng.train.checkpoint import load_checkpoint
 
     meta = load_checkpoint(d / "models/synthetic/ablations/no_guidance/tpwng.pt")["meta"]
     assert meta["model_config"]["guidance"] is False

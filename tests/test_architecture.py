@@ -48,6 +48,31 @@ def test_no_module_uses_another_modules_private_names():
 
 
 def test_the_check_finds_private_uses():
-    tree = ast.parse("from tpwng.plots import _figure\nimport tpwng.train as t\nt._batch()\n")
-    assert private_uses("tpwng.x", tree) == ["tpwng.x: from tpwng.plots import _figure",
+    tree = ast.parse("from tpwng.evaluate.plots import _figure\n"
+                     "import tpwng.train.loop as t\nt._batch()\n")
+    assert private_uses("tpwng.x", tree) == ["tpwng.x: from tpwng.evaluate.plots import _figure",
                                              "tpwng.x: t._batch"]
+
+
+def test_the_model_core_imports_nothing_of_the_pipeline():
+    """tpwng.model is the paper: it may import torch and itself, never data, features,
+    training, evaluation or the command line."""
+    found = []
+    for name, tree in _modules().items():
+        if not name.startswith("tpwng.model"):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                targets = [node.module]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            found += [f"{name} imports {t}" for t in targets
+                      if t.startswith("tpwng") and not t.startswith("tpwng.model")]
+    assert found == []
+
+
+def test_the_tree_shows_paper_and_pipeline():
+    packages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    assert {"model", "data", "features", "train", "evaluate"} <= packages

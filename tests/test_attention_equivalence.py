@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tpwng import tcsal
-from tpwng.tcsal import TCSAL, dropout_mask, log_span_mask, soft_mask
+from tpwng.model import tcsal
+from tpwng.model.tcsal import TCSAL, dropout_mask, log_span_mask, soft_mask
 
 D = 32
 TOL = {"atol": 1e-5, "rtol": 0.0}

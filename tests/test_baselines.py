@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from tpwng.baselines import (
+from tpwng.evaluate.baselines import (
     MilSettings,
     baselines_table,
     nearest_distances,

@@ -14,23 +14,23 @@ import torch
 
 from tests.dag import job_counts, snakemake, tiny_config
 from tests.test_training import _settings
-from tpwng import ablations
 from tpwng.cli import main as tpwng_main
-from tpwng.datasets import ManifestRow, read_manifest, write_manifest
-from tpwng.evaluate import (
+from tpwng.data.manifest import ManifestRow, read_manifest, write_manifest
+from tpwng.evaluate import ablations
+from tpwng.evaluate.finegrained import (
+    frame_class_probabilities,
+    published_fine_grained_map,
+    video_classification_accuracy,
+)
+from tpwng.evaluate.inference import load_model, read_class_probs, read_scores, score_test_set
+from tpwng.evaluate.tables import (
     class_ground_truth,
     evaluate,
     nearest_normal_calibration,
     video_results,
 )
-from tpwng.finegrained import (
-    frame_class_probabilities,
-    published_fine_grained_map,
-    video_classification_accuracy,
-)
-from tpwng.inference import load_model, read_class_probs, read_scores, score_test_set
-from tpwng.store import FeatureStore, StoreError, StoreWriter
-from tpwng.train import train
+from tpwng.features.store import FeatureStore, StoreError, StoreWriter
+from tpwng.train.loop import train
 
 CLASSES = ["normal", "fighting", "riot"]
 IOUS = ("0.1", "0.2", "0.3", "0.4", "0.5")
@@ -110,8 +110,8 @@ def test_scores_carry_class_probabilities_of_the_text_tower(scored):
 
 
 def test_a_scores_file_without_class_probabilities_is_one_clear_error(tmp_path):
+    from tpwng.features.store import h5_create
     from tpwng.files import atomic_path
-    from tpwng.store import h5_create
 
     with atomic_path(tmp_path / "s.h5") as tmp, h5_create(tmp) as f:
         f.attrs["order"] = ""
@@ -176,7 +176,7 @@ def test_xd_fine_grained_truth_is_the_per_class_annotation():
     other = "v=0ED3i0wj6Bs__#00-00-00_00-01-27_label_A"
     rows = {xd: ManifestRow(xd, "a.mp4", "test", ["riot"], [(0, 3038)], 3100, 24.0, 8, 8),
             other: ManifestRow(other, "b.mp4", "test", ["normal"], [], 480, 24.0, 8, 8)}
-    from tpwng.metrics import VideoResult
+    from tpwng.evaluate.metrics import VideoResult
 
     videos = [VideoResult(v, r.classes, np.zeros(r.frames), np.zeros(r.frames))
               for v, r in rows.items()]

@@ -3,7 +3,7 @@ import time
 import pytest
 import torch
 
-from tpwng.clip_backbone import ClipSpec, ClipWeightsError, load_clip, weights_identity
+from tpwng.features.clip_backbone import ClipSpec, ClipWeightsError, load_clip, weights_identity
 
 
 def test_random_init_is_recorded_and_frozen(tiny_clip):

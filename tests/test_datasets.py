@@ -9,12 +9,9 @@ import numpy as np
 import pytest
 
 from tpwng import datasets as ds
-from tpwng.datasets import (
+from tpwng.data.datasets import (
     DatasetError,
-    ManifestRow,
     VideoEntry,
-    VideoInfo,
-    build_manifest,
     class_prompt_name,
     entries_for,
     folder_entries,
@@ -22,12 +19,12 @@ from tpwng.datasets import (
     load_interval_file,
     parse_ucf_temporal_annotation,
     parse_xd_annotation,
-    read_manifest,
     ucf_entries,
-    write_manifest,
     xd_classes_from_name,
     xd_entries,
 )
+from tpwng.data.manifest import ManifestRow, build_manifest, read_manifest, write_manifest
+from tpwng.features.video import VideoInfo
 
 
 def _lines(path: Path) -> list[str]:

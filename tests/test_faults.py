@@ -24,24 +24,17 @@ import pytest
 import torch
 
 from tests import faults
-from tpwng import video
-from tpwng.checkpoint import load_checkpoint
-from tpwng.clip_backbone import ClipSpec, ClipWeightsError, load_clip
-from tpwng.datasets import (
-    DatasetError,
-    folder_entries,
-    make_manifest,
-    read_cuts,
-    read_manifest,
-    read_skipped,
-    ucf_entries,
-)
+from tpwng.data.datasets import DatasetError, folder_entries, ucf_entries
+from tpwng.data.manifest import make_manifest, read_cuts, read_manifest, read_skipped
 from tpwng.errors import CheckpointError
-from tpwng.features import ExtractionSettings, extract
-from tpwng.inference import load_model, score_test_set
-from tpwng.store import FeatureStore, StoreError, StoreWriter
-from tpwng.train import train
-from tpwng.video import VideoError, probe_video, read_frames, sample_indices
+from tpwng.evaluate.inference import load_model, score_test_set
+from tpwng.features import video
+from tpwng.features.clip_backbone import ClipSpec, ClipWeightsError, load_clip
+from tpwng.features.extract import ExtractionSettings, extract
+from tpwng.features.store import FeatureStore, StoreError, StoreWriter
+from tpwng.features.video import VideoError, probe_video, read_frames, sample_indices
+from tpwng.train.checkpoint import load_checkpoint
+from tpwng.train.loop import train
 
 REPO = Path(__file__).resolve().parent.parent
 SPEC = ClipSpec("tpwng-tiny-ViT-B-16", "none", 0)
@@ -485,7 +478,7 @@ def test_nan_or_inf_in_features(trained, tmp_path):
     for r in rows:
         if r.video_id == "f2":
             r.split = "test"
-    from tpwng.datasets import write_manifest
+    from tpwng.data.manifest import write_manifest
 
     write_manifest(rows, tmp_path / "m.tsv")
     with pytest.raises(StoreError, match=text):
@@ -522,7 +515,7 @@ def test_nan_or_overflow_at_extraction_is_refused(trained, tmp_path, value, text
 
 _CORRUPTOR = r"""
 import sys, numpy as np
-from tpwng.store import FeatureStore, StoreError
+from tpwng.features.store import FeatureStore, StoreError
 ref_path, bad_path, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 with FeatureStore(ref_path) as r:
     ref = {v: r.get(v) for v in r.video_ids()}
@@ -572,7 +565,7 @@ def test_damaged_store_is_a_clear_error_never_a_crash(trained, tmp_path):
 
 
 def test_view_whose_shard_is_missing(trained, tmp_path):
-    from tpwng.store import merge_view
+    from tpwng.features.store import merge_view
 
     _, d = trained
     shard = _store_copy(d / "features.h5", tmp_path / "shards" / "000-of-001.h5")
@@ -621,7 +614,7 @@ class _Payload:
 def test_checkpoints_are_loaded_with_weights_only(tmp_path):
     """No code in a checkpoint ever runs: every torch.load says weights_only=True, and
     a pickle that would run code is refused."""
-    sources = "\n".join(p.read_text() for p in (REPO / "tpwng").glob("*.py"))
+    sources = "\n".join(p.read_text() for p in (REPO / "tpwng").rglob("*.py"))
     calls = re.findall(r"torch\.load\([^)]*\)", sources)
     assert calls and all("weights_only=True" in c for c in calls), calls
     assert "weights_only=False" not in sources

@@ -9,16 +9,9 @@ import pytest
 import torch
 
 from tests.conftest import REPO
-from tpwng.checkpoint import load_checkpoint, save_checkpoint, stored_text_embeddings
-from tpwng.class_probs import class_probabilities
-from tpwng.datasets import (
-    XD_CODES,
-    DatasetError,
-    parse_xd_annotation,
-    xd_classes_from_name,
-)
+from tpwng.data.datasets import XD_CODES, DatasetError, parse_xd_annotation, xd_classes_from_name
 from tpwng.errors import CheckpointError
-from tpwng.finegrained import (
+from tpwng.evaluate.finegrained import (
     curve_proposals,
     frame_class_probabilities,
     parse_xd_multiclass_annotation,
@@ -28,7 +21,9 @@ from tpwng.finegrained import (
     video_classification_accuracy,
     video_ground_truth,
 )
-from tpwng.model import TPWNG, ModelConfig
+from tpwng.model.class_probs import class_probabilities
+from tpwng.model.tpwng import TPWNG, ModelConfig
+from tpwng.train.checkpoint import load_checkpoint, save_checkpoint, stored_text_embeddings
 
 # the copies shipped in the package (identical to the public files)
 XD_MULTI = REPO / "tpwng" / "resources" / "xd_violence" / "annotations_multiclasses.txt"

@@ -27,7 +27,7 @@ from tests import faults
 from tests.dag import BIN, REPO
 from tests.test_faults import ANNOTATIONS, TEST, TRAIN
 from tpwng.config import dataset_settings, validate
-from tpwng.datasets import make_manifest
+from tpwng.data.manifest import make_manifest
 
 OUTPUT = {"extract": "features.h5", "train": "model.pt", "infer": "scores.h5"}
 # 12 seeded runs: extraction and training five times each, scoring twice
@@ -158,7 +158,7 @@ def test_snakemake_killed_mid_run_reruns_to_identical_outputs(job, tmp_path):
     assert proc.poll() is None, "the run finished before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    from tpwng.store import FeatureStore
+    from tpwng.features.store import FeatureStore
 
     for p in (tmp_path / "features").rglob("*.h5"):  # any store under its final name is whole
         with FeatureStore(p) as s:

@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from tpwng import losses
+from tpwng.model import losses
 
 M3 = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
 

@@ -8,7 +8,7 @@ from itertools import product
 import numpy as np
 import pytest
 
-from tpwng.metrics import (
+from tpwng.evaluate.metrics import (
     VideoResult,
     anomalous_only_auc,
     detection_map,

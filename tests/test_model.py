@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tpwng.clip_backbone import ClipSpec, load_clip
-from tpwng.model import LOG_KEYS, TPWNG, ModelConfig
+from tpwng.features.clip_backbone import ClipSpec, load_clip
+from tpwng.model.tpwng import LOG_KEYS, TPWNG, ModelConfig
 
 NAMES = ["normal", "abuse", "arrest", "road accidents"]
 D = 512

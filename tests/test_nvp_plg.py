@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tpwng.nvp import NormalityVisualPrompt
-from tpwng.plg import anomaly_evidence, minmax_normalize, pseudo_labels
+from tpwng.model.nvp import NormalityVisualPrompt
+from tpwng.model.plg import anomaly_evidence, minmax_normalize, pseudo_labels
 
 D = 8
 

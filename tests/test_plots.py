@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tpwng.metrics import VideoResult, intervals_to_labels
-from tpwng.plots import (
+from tpwng.evaluate.metrics import VideoResult, intervals_to_labels
+from tpwng.evaluate.plots import (
     plot_pseudo_labels,
     plot_roc_pr,
     plot_score_curves,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tpwng.preprocess import CLIP_MEAN, CLIP_STD, TENCROP_SIZE, preprocess, tencrop_boxes
+from tpwng.features.preprocess import CLIP_MEAN, CLIP_STD, TENCROP_SIZE, preprocess, tencrop_boxes
 
 
 def _frames(seed=0, h=144, w=176, n=3):

@@ -6,8 +6,8 @@ import open_clip
 import pytest
 import torch
 
-from tpwng.clip_backbone import ClipSpec, load_clip
-from tpwng.prompt import PromptLearner, TextEncoder
+from tpwng.features.clip_backbone import ClipSpec, load_clip
+from tpwng.model.prompt import PromptLearner, TextEncoder
 
 NAMES = ["normal", "road accidents", "shoplifting", "car accident"]
 

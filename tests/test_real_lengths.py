@@ -23,8 +23,9 @@ import yaml
 
 from tests.conftest import REPO
 from tests.dag import snakemake
-from tpwng.datasets import read_cuts, read_manifest, strip_video_extension
-from tpwng.inference import read_scores
+from tpwng.data.datasets import strip_video_extension
+from tpwng.data.manifest import read_cuts, read_manifest
+from tpwng.evaluate.inference import read_scores
 
 pytestmark = pytest.mark.slow
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
-from tpwng.datasets import build_manifest, entries_for
-from tpwng.released import import_released, released_probe
-from tpwng.store import FeatureStore, StoreError
+from tpwng.data.datasets import entries_for
+from tpwng.data.manifest import build_manifest
+from tpwng.features.released import import_released, released_probe
+from tpwng.features.store import FeatureStore, StoreError
 
 LISTS = REPO / "tpwng" / "resources" / "vadclip_lists"
 

@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from tpwng.cli import main
-from tpwng.datasets import ManifestRow, write_manifest
-from tpwng.inference import score_features
-from tpwng.metrics import expand_to_frames, labels_to_intervals
-from tpwng.model import TPWNG, ModelConfig
-from tpwng.score_video import SnippetStream, load_scorer, score_offline, snippet_features
-from tpwng.store import StoreWriter
-from tpwng.train import train
-from tpwng.video import probe_video
+from tpwng.data.manifest import ManifestRow, write_manifest
+from tpwng.evaluate.inference import score_features
+from tpwng.evaluate.metrics import expand_to_frames, labels_to_intervals
+from tpwng.evaluate.score_video import SnippetStream, load_scorer, score_offline, snippet_features
+from tpwng.features.store import StoreWriter
+from tpwng.features.video import probe_video
+from tpwng.model.tpwng import TPWNG, ModelConfig
+from tpwng.train.loop import train
 
 STRIDE = 8  # many snippets from short videos, so the stream's key window is exercised
 CLIP_SEED = 7
@@ -123,8 +123,8 @@ def test_one_video_writes_frame_scores_intervals_and_plot(models, video_dir, off
     assert "carphone_pristine.mp4: 1 anomalous interval(s)" in out
     # the interval's class: the anomaly class of largest mean probability over its snippets,
     # recomputed here through the text tower (scoring uses the checkpoint's saved embeddings)
-    from tpwng.inference import load_model
-    from tpwng.provenance import recorded_settings
+    from tpwng.evaluate.inference import load_model
+    from tpwng.features.provenance import recorded_settings
 
     scorer = load_scorer(models["tcsal"], "cpu")
     feats = np.concatenate(list(snippet_features(scorer, video_dir / "carphone_pristine.mp4",

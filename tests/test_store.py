@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from tpwng.store import FeatureStore, StoreError, StoreWriter, merge_view
+from tpwng.features.store import FeatureStore, StoreError, StoreWriter, merge_view
 
 PROV = {"model": "ViT-B-16", "weights": "open_clip:openai", "stride": 16, "sample": "center",
         "crop_mode": "center", "dim": 8}
@@ -49,7 +49,7 @@ def test_killed_writer_leaves_no_complete_looking_file(tmp_path):
     out = tmp_path / "s.h5"
     code = (
         "import numpy as np, os, signal\n"
-        "from tpwng.store import StoreWriter\n"
+        "from tpwng.features.store import StoreWriter\n"
         f"w = StoreWriter({str(out)!r}, {{'model': 'm'}})\n"
         "w.add('a', np.ones((4, 1, 8)))\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"

@@ -8,8 +8,8 @@ import decord
 import numpy as np
 import pytest
 
-from tpwng.datasets import folder_entries, load_interval_file, parse_ucf_temporal_annotation
-from tpwng.synthetic import SIGNATURES, SyntheticSpec, _plan, class_dir_name, generate
+from tpwng.data.datasets import folder_entries, load_interval_file, parse_ucf_temporal_annotation
+from tpwng.data.synthetic import SIGNATURES, SyntheticSpec, _plan, class_dir_name, generate
 
 SMALL = SyntheticSpec(train_normal=2, train_per_class=1, test_normal=1, test_per_class=1,
                       min_frames=48, max_frames=96, seed=7)

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from tpwng.tcsal import (
+from tpwng.model.tcsal import (
     ATTENTION_IMPLS,
     TCSAL,
     AdaptiveSpanAttention,

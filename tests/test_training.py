@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from tpwng.checkpoint import load_checkpoint
-from tpwng.datasets import ManifestRow, write_manifest
+from tpwng.data.manifest import ManifestRow, write_manifest
+from tpwng.data.sequences import cap_length, epoch_batches, pad_batch, snippet_truth
 from tpwng.errors import CheckpointError
-from tpwng.inference import load_model
-from tpwng.sequences import cap_length, epoch_batches, pad_batch, snippet_truth
-from tpwng.store import StoreError, StoreWriter
-from tpwng.train import epoch_items, load_train_videos, read_log, train
+from tpwng.evaluate.inference import load_model
+from tpwng.features.store import StoreError, StoreWriter
+from tpwng.train.checkpoint import load_checkpoint
+from tpwng.train.loop import epoch_items, load_train_videos, read_log, train
 
 
 def test_cap_length_averages_uniform_bins():

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tpwng.video import VideoError, probe_video, read_frames, sample_indices, snippet_count
+from tpwng.features.video import VideoError, probe_video, read_frames, sample_indices, snippet_count
 
 
 def _independent_indices(n, stride, mode):

@@ -24,11 +24,9 @@ import torch
 from tests.dag import job_counts, snakemake, tiny_config
 from tests.test_score_video import _train
 from tpwng.cli import main
-from tpwng.datasets import ManifestRow, write_manifest
-from tpwng.metrics import expand_to_frames, labels_to_intervals
-from tpwng.store import h5_create
-from tpwng.video import probe_video
-from tpwng.viewer import (
+from tpwng.data.manifest import ManifestRow, write_manifest
+from tpwng.evaluate.metrics import expand_to_frames, labels_to_intervals
+from tpwng.evaluate.viewer import (
     decode_values,
     encode_values,
     make_server,
@@ -36,6 +34,8 @@ from tpwng.viewer import (
     transcode,
     video_stats,
 )
+from tpwng.features.store import h5_create
+from tpwng.features.video import probe_video
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -88,7 +88,7 @@ def videos(tmp_path_factory, sample_videos) -> Path:
 def scored(tmp_path_factory, videos) -> dict:
     """A folder scored by a tiny trained model with --html, at a threshold that gives bikes.mp4
     at least two detected intervals."""
-    from tpwng.score_video import load_scorer, score_offline
+    from tpwng.evaluate.score_video import load_scorer, score_offline
 
     d = tmp_path_factory.mktemp("viewer-scored")
     model = _train(d, "tcsal", {"span_scale": 3, "R": 2})
@@ -110,7 +110,7 @@ def scored(tmp_path_factory, videos) -> dict:
 def _write_scores(path: Path, scores: dict[str, np.ndarray], frames: dict[str, int],
                   probs: dict[str, np.ndarray] | None = None,
                   classes: list[str] | None = None) -> None:
-    """A scores file laid out as `tpwng.inference.score_test_set` writes it."""
+    """A scores file laid out as `tpwng.evaluate.inference.score_test_set` writes it."""
     with h5_create(path) as f:
         f.attrs.update(dataset="toy", model="models/toy/tpwng.pt", weights="random-init:seed=0",
                        stride=TEST_STRIDE, test_crop=0, order="\n".join(scores))
@@ -637,7 +637,7 @@ def test_a_video_gone_since_leaves_its_timeline(browser, videos, tmp_path):
 @pytest.mark.slow
 def test_the_demo_dag_writes_a_working_viewer(browser, tiny_local_run, tmp_path):
     page = tiny_local_run / "results/synthetic/viewer/index.html"
-    from tpwng.datasets import read_manifest
+    from tpwng.data.manifest import read_manifest
 
     tests = [r for r in read_manifest(tiny_local_run / "data/synthetic/manifest.tsv")
              if r.split == "test"]

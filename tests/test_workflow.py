@@ -91,8 +91,8 @@ def test_features_stage_runs_and_reruns_single_stages(tmp_path):
     config = tiny_config(tmp_path)
     out = snakemake("--cores", "2", "features/synthetic/features.h5", cwd=tmp_path, config=config)
     assert out.returncode == 0, out.stderr[-3000:]
-    from tpwng.datasets import read_manifest
-    from tpwng.store import FeatureStore
+    from tpwng.data.manifest import read_manifest
+    from tpwng.features.store import FeatureStore
 
     rows = read_manifest(tmp_path / "data/synthetic/manifest.tsv")
     assert len(rows) == 6 + 2 * 4 + 3 + 4
@@ -204,7 +204,7 @@ def test_a_deleted_shard_is_reextracted_by_the_next_run(tiny_local_run, tmp_path
     out = snakemake("--cores", "2", cwd=d, config=config)
     assert out.returncode == 0, out.stderr[-3000:]
     assert shard.is_file()
-    from tpwng.checkpoint import load_checkpoint
+    from tpwng.train.checkpoint import load_checkpoint
 
     assert load_checkpoint(d / "models/synthetic/tpwng.pt")["meta"]["model_config"]["theta"] \
         == 0.45

@@ -25,9 +25,15 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from tpwng.clip_backbone import ClipSpec, load_clip
-from tpwng.features import DecodeStream, ExtractionSettings, ImageEncoder, extract, plan_jobs
-from tpwng.video import probe_video
+from tpwng.features.clip_backbone import ClipSpec, load_clip
+from tpwng.features.extract import (
+    DecodeStream,
+    ExtractionSettings,
+    ImageEncoder,
+    extract,
+    plan_jobs,
+)
+from tpwng.features.video import probe_video
 
 
 class TrivialVisual(torch.nn.Module):
@@ -230,10 +236,16 @@ def bench_train(n_videos: int, spec: ClipSpec, epochs: int, batch: int, seed: in
     products (`temporal_gemms`); the same products run alone after each step give the matmul
     rate it is held to (their ratio: the share of the module's time spent in matmuls).
     """
+    from tpwng.data.sequences import TrainVideo, cap_length
     from tpwng.device import resolve_device
-    from tpwng.model import TPWNG, ModelConfig
-    from tpwng.sequences import TrainVideo, cap_length
-    from tpwng.train import batch_features, class_targets, feature_stats, training_autocast
+    from tpwng.model.tpwng import TPWNG, ModelConfig
+    from tpwng.train.loop import (
+        batch_features,
+        class_targets,
+        feature_stats,
+        optimisation_step,
+        training_autocast,
+    )
 
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -256,18 +268,14 @@ def bench_train(n_videos: int, spec: ClipSpec, epochs: int, batch: int, seed: in
     autocast = training_autocast("auto", dev)  # as training: bf16 on CUDA, float32 on the CPU
     normal = [v for v in videos if v.normal]
     anomalous = [v for v in videos if not v.normal]
-    from tpwng.sequences import epoch_batches
+    from tpwng.data.sequences import epoch_batches
 
     def step(idx_n: np.ndarray, idx_a: np.ndarray) -> torch.Tensor:
         """One training step; the mask ``[B, T]`` its temporal module saw."""
         xn, mn = batch_features(normal, idx_n, rng, dev)
         xa, ma = batch_features(anomalous, idx_a, rng, dev)
         ya = class_targets(anomalous, idx_a, classes, dev)
-        with autocast:
-            loss, _, _ = model.training_step(xn, mn, xa, ma, ya)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        optimisation_step(model, opt, autocast, xn, mn, xa, ma, ya)
         _sync(dev)
         T = max(mn.shape[1], ma.shape[1])
         pad = [torch.nn.functional.pad(m, (0, T - m.shape[1])) for m in (mn, ma)]
@@ -412,7 +420,7 @@ def _moving_pattern(n: int, width: int, height: int, seed: int = 0) -> Iterator[
 def long_video(path: Path, seconds: int, fps: float = 25.0, width: int = 320,
                height: int = 240) -> Path:
     """A generated H.264 video of the given length (kept for later runs)."""
-    from tpwng.synthetic import SyntheticSpec, write_video
+    from tpwng.data.synthetic import SyntheticSpec, write_video
 
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -27,14 +27,14 @@ def _settings(text: str, threads: int | None = None) -> dict:
 
 
 def cmd_synth(a: argparse.Namespace) -> None:
-    from tpwng.synthetic import SyntheticSpec, generate
+    from tpwng.data.synthetic import SyntheticSpec, generate
 
     s = _settings(a.settings)
     generate(Path(a.out), SyntheticSpec(**s.get("synthetic", {})), jobs=a.jobs)
 
 
 def cmd_manifest(a: argparse.Namespace) -> None:
-    from tpwng.datasets import make_manifest
+    from tpwng.data.manifest import make_manifest
 
     s = _settings(a.settings)
     released = s["extraction"].get("source") == "released"
@@ -49,9 +49,9 @@ def cmd_manifest(a: argparse.Namespace) -> None:
 
 
 def cmd_extract(a: argparse.Namespace) -> None:
-    from tpwng.clip_backbone import ClipSpec
-    from tpwng.datasets import read_manifest
-    from tpwng.features import ExtractionSettings, extract
+    from tpwng.data.manifest import read_manifest
+    from tpwng.features.clip_backbone import ClipSpec
+    from tpwng.features.extract import ExtractionSettings, extract
 
     s = _settings(a.settings)
     rows = read_manifest(Path(a.manifest))
@@ -63,15 +63,15 @@ def cmd_extract(a: argparse.Namespace) -> None:
 
 
 def cmd_merge(a: argparse.Namespace) -> None:
-    from tpwng.store import merge_view
+    from tpwng.features.store import merge_view
 
     n = merge_view(a.inputs, a.out)
     log.info("%s: %d videos", a.out, n)
 
 
 def cmd_import(a: argparse.Namespace) -> None:
-    from tpwng.datasets import read_manifest
-    from tpwng.released import import_released
+    from tpwng.data.manifest import read_manifest
+    from tpwng.features.released import import_released
 
     s = _settings(a.settings)
     n = import_released(read_manifest(Path(a.manifest)), s, Path(a.out))
@@ -79,49 +79,49 @@ def cmd_import(a: argparse.Namespace) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> None:
-    from tpwng.train import train
+    from tpwng.train.loop import train
 
     train(_settings(a.settings, a.threads), Path(a.manifest), Path(a.features), Path(a.out),
           Path(a.log))
 
 
 def cmd_infer(a: argparse.Namespace) -> None:
-    from tpwng.inference import score_test_set
+    from tpwng.evaluate.inference import score_test_set
 
     score_test_set(_settings(a.settings, a.threads), Path(a.manifest), Path(a.features),
                    Path(a.model), Path(a.out))
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
-    from tpwng.evaluate import evaluate
+    from tpwng.evaluate.tables import evaluate
 
     evaluate(_settings(a.settings), Path(a.manifest), Path(a.scores), Path(a.model),
              a.out_prefix)
 
 
 def cmd_baselines(a: argparse.Namespace) -> None:
-    from tpwng.evaluate import baselines_report
+    from tpwng.evaluate.tables import baselines_report
 
     baselines_report(_settings(a.settings), Path(a.manifest), Path(a.features), Path(a.scores),
                      Path(a.out))
 
 
 def cmd_diagnostics(a: argparse.Namespace) -> None:
-    from tpwng.diagnostics import diagnostics
+    from tpwng.evaluate.diagnostics import diagnostics
 
     diagnostics(_settings(a.settings), Path(a.manifest), Path(a.features), Path(a.model),
                 Path(a.train_log), Path(a.out_dir))
 
 
 def cmd_ablation_table(a: argparse.Namespace) -> None:
-    from tpwng.ablations import build_table
+    from tpwng.evaluate.ablations import build_table
 
     build_table(a.table, _settings(a.settings), [Path(m) for m in a.metrics], Path(a.out),
                 Path(a.plot) if a.plot else None)
 
 
 def cmd_score(a: argparse.Namespace) -> None:
-    from tpwng.score_video import ScoreOptions, score_paths
+    from tpwng.evaluate.score_video import ScoreOptions, score_paths
 
     if not 0.0 <= a.threshold <= 1.0 or a.min_length < 0:
         raise UserError("--threshold must be in [0, 1] and --min-length >= 0")
@@ -153,7 +153,7 @@ def cmd_score(a: argparse.Namespace) -> None:
 
 
 def cmd_view(a: argparse.Namespace) -> None:
-    from tpwng import viewer
+    from tpwng.evaluate import viewer
 
     if a.serve:
         if not Path(a.serve).is_dir():
@@ -180,7 +180,7 @@ def _bench_videos(a: argparse.Namespace) -> list[Path]:
             found += sorted(q for q in p.rglob("*") if q.suffix.lower() in (".mp4", ".avi",
                             ".mkv", ".mov")) if p.is_dir() else [p]
         return found
-    from tpwng.synthetic import SyntheticSpec, generate
+    from tpwng.data.synthetic import SyntheticSpec, generate
 
     root = Path(a.workdir) / "bench-videos"
     if not (root / "test.txt").exists():
@@ -194,8 +194,8 @@ def cmd_bench(a: argparse.Namespace) -> None:
     import socket
 
     from tpwng.bench import bench_extract, bench_train
-    from tpwng.clip_backbone import ClipSpec
-    from tpwng.features import ExtractionSettings
+    from tpwng.features.clip_backbone import ClipSpec
+    from tpwng.features.extract import ExtractionSettings
 
     spec = ClipSpec(a.model, a.pretrained, 0)
     host = socket.gethostname()

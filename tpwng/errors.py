@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from tpwng.clip_backbone import ClipWeightsError
+from tpwng.features.clip_backbone import ClipWeightsError
+from tpwng.features.store import StoreError
+from tpwng.features.video import VideoError
 from tpwng.files import WriteError
-from tpwng.store import StoreError
-from tpwng.video import VideoError
 
 
 class CheckpointError(RuntimeError):
@@ -14,7 +14,7 @@ class CheckpointError(RuntimeError):
 
 def _expected() -> tuple[type[BaseException], ...]:
     from tpwng.config import ConfigError
-    from tpwng.datasets import DatasetError
+    from tpwng.data.datasets import DatasetError
 
     return (ClipWeightsError, StoreError, VideoError, CheckpointError, ConfigError,
             DatasetError, WriteError, FileNotFoundError)

@@ -5,7 +5,7 @@
 # the main model's metrics; variants with equal settings share the first one's branch.
 import re
 
-from tpwng import ablations
+from tpwng.evaluate import ablations
 
 ABLATION_TABLES = list(ablations.tables())
 
@@ -112,7 +112,7 @@ rule ablation_summary:
     conda:
         ENV
     shell:
-        "python -m tpwng.ablations summary --out {output} --baselines {input.baselines} "
+        "python -m tpwng.evaluate.ablations summary --out {output} --baselines {input.baselines} "
         "{input.tables} 2> {log}"
 
 

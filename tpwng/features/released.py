@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from tpwng.provenance import released_provenance
-from tpwng.store import StoreError, StoreWriter
-from tpwng.video import VideoInfo
+from tpwng.features.provenance import released_provenance
+from tpwng.features.store import StoreError, StoreWriter
+from tpwng.features.video import VideoInfo
 
 _NAME = re.compile(r"^(?P<video>.+)__(?P<crop>\d+)\.npy$")
 

@@ -39,11 +39,12 @@ from urllib.parse import quote
 
 import numpy as np
 
-from tpwng.store import atomic_path
+from tpwng import RESOURCES
+from tpwng.features.store import atomic_path
 
 log = logging.getLogger(__name__)
 
-RESOURCES = Path(__file__).resolve().parent / "resources" / "viewer"
+VIEWER_FILES = RESOURCES / "viewer"  # the page's script and styles
 QUANT = 65535
 Interval = tuple[int, int]
 
@@ -76,7 +77,7 @@ def video_stats(frame_scores: np.ndarray, threshold: float,
     truth) and missed frames (true frames < threshold)."""
     from sklearn.metrics import roc_auc_score
 
-    from tpwng.metrics import intervals_to_labels
+    from tpwng.evaluate.metrics import intervals_to_labels
 
     scores = np.asarray(frame_scores, dtype=np.float64)
     above = scores >= threshold
@@ -135,8 +136,8 @@ def _plain(x):
 
 def render_page(kind: str, title: str, subtitle: str, data: dict) -> str:
     """A complete, self-contained page: the data, script and stylesheet inline."""
-    script = (RESOURCES / "viewer.js").read_text(encoding="utf-8")
-    style = (RESOURCES / "viewer.css").read_text(encoding="utf-8")
+    script = (VIEWER_FILES / "viewer.js").read_text(encoding="utf-8")
+    style = (VIEWER_FILES / "viewer.css").read_text(encoding="utf-8")
     if "</script" in script.lower() or "</style" in style.lower():
         raise ValueError("viewer resources must not close their own elements")
     blob = _json_for_script({"kind": kind, **data})
@@ -251,7 +252,7 @@ def write_thumbnail(video: Path, frame: int, path: Path, width: int = 192) -> Pa
     """One frame as a JPEG `width` pixels wide; None if it cannot be decoded."""
     from PIL import Image
 
-    from tpwng.video import VideoError, read_frames
+    from tpwng.features.video import VideoError, read_frames
 
     try:
         _, frames = next(iter(read_frames(video, np.array([frame]), 1)))
@@ -272,7 +273,7 @@ def write_scored_page(result, files: dict[str, Path], threshold: float, stride: 
                       convert: bool = True) -> dict[str, Path]:
     """``<stem>.html`` beside a scored video's outputs (`files`: csv, png, intervals), with
     ``<stem>_thumb.jpg`` (the frame of the highest score) and, for a source browsers do not
-    play, ``<stem>_view.mp4``. `result` is a `tpwng.score_video.VideoScores`."""
+    play, ``<stem>_view.mp4``. `result` is a `tpwng.evaluate.score_video.VideoScores`."""
     out_dir = Path(files["csv"]).parent
     stem = result.path.stem
     page = out_dir / f"{stem}.html"
@@ -303,7 +304,7 @@ def write_scored_page(result, files: dict[str, Path], threshold: float, stride: 
 
 def write_scores_index(summary: dict, out_dir: Path) -> Path:
     """``index.html`` of a scored folder: its videos by highest score, from the outputs that
-    `tpwng.score_video.score_paths` wrote (`summary`: its summary.json)."""
+    `tpwng.evaluate.score_video.score_paths` wrote (`summary`: its summary.json)."""
     out_dir = Path(out_dir)
     videos = []
     for entry in summary["videos"]:
@@ -343,10 +344,10 @@ def _media_name(video_id: str) -> str:
 
 def read_class_probabilities(scores: Path) -> dict[str, tuple[list[str], np.ndarray]]:
     """Per-video snippet class probabilities ``[snippets, k]`` with the class names, as
-    `tpwng.inference.score_test_set` writes them (``/class_probs``); empty when the file has
-    none (scored by an older version)."""
-    from tpwng.inference import read_class_probs
-    from tpwng.store import StoreError
+    `tpwng.evaluate.inference.score_test_set` writes them (``/class_probs``); empty when the file
+    has none (scored by an older version)."""
+    from tpwng.evaluate.inference import read_class_probs
+    from tpwng.features.store import StoreError
 
     try:
         classes, probs = read_class_probs(scores)
@@ -360,10 +361,10 @@ def view_test_set(manifest: Path, scores: Path, out_dir: Path, threshold: float 
     """``out_dir/index.html``: every scored test video's timeline beside its ground truth,
     sortable by per-video AUC, false alarms and missed frames; the raw videos play where the
     manifest's files exist (copies in ``out_dir/media/`` of those browsers cannot play)."""
-    from tpwng.datasets import read_manifest
-    from tpwng.inference import read_scores, read_stride
-    from tpwng.metrics import score_segments
-    from tpwng.store import open_sealed
+    from tpwng.data.manifest import read_manifest
+    from tpwng.evaluate.inference import read_scores, read_stride
+    from tpwng.evaluate.metrics import score_segments
+    from tpwng.features.store import open_sealed
 
     out_dir = Path(out_dir)
     rows = {r.video_id: r for r in read_manifest(manifest) if r.split == "test"}

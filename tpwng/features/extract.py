@@ -20,12 +20,12 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
-from tpwng.clip_backbone import ClipSpec, load_clip
 from tpwng.device import encoder_dtype, resolve_device
-from tpwng.preprocess import n_crops, preprocess
-from tpwng.provenance import extracted_provenance
-from tpwng.store import StoreWriter
-from tpwng.video import DECODE_TIMEOUT, read_frames, sample_indices
+from tpwng.features.clip_backbone import ClipSpec, load_clip
+from tpwng.features.preprocess import n_crops, preprocess
+from tpwng.features.provenance import extracted_provenance
+from tpwng.features.store import StoreWriter
+from tpwng.features.video import DECODE_TIMEOUT, read_frames, sample_indices
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from tpwng.errors import CheckpointError
+from tpwng.features.provenance import expected_store_provenance
 from tpwng.files import write_bytes
-from tpwng.provenance import expected_store_provenance
 
 FORMAT = "tpwng-checkpoint/1"
 
@@ -72,8 +72,8 @@ def stored_text_embeddings(ckpt: dict, path: str | Path) -> tuple[torch.Tensor, 
 def check_against_settings(ckpt: dict, settings: dict, path: str | Path) -> None:
     """Refuse a checkpoint trained for another CLIP model or weights, stride, class list or
     model configuration (`settings["model"]`, when given) than `settings` ask for."""
-    from tpwng.clip_backbone import ClipSpec, weights_identity
-    from tpwng.model import ModelConfig
+    from tpwng.features.clip_backbone import ClipSpec, weights_identity
+    from tpwng.model.tpwng import ModelConfig
 
     meta = ckpt["meta"]
     want = expected_store_provenance(settings)

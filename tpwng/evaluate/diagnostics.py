@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tpwng.datasets import load_interval_file, read_manifest
-from tpwng.inference import load_model, pick_crop
-from tpwng.metrics import expand_to_frames, intervals_to_labels
-from tpwng.plots import plot_pseudo_labels, plot_similarities, plot_training_log
-from tpwng.sequences import cap_length, pad_batch
-from tpwng.store import FeatureStore
-from tpwng.train import read_log
+from tpwng.data.datasets import load_interval_file
+from tpwng.data.manifest import read_manifest
+from tpwng.data.sequences import cap_length, pad_batch
+from tpwng.evaluate.inference import load_model, pick_crop
+from tpwng.evaluate.metrics import expand_to_frames, intervals_to_labels
+from tpwng.evaluate.plots import plot_pseudo_labels, plot_similarities, plot_training_log
+from tpwng.features.store import FeatureStore
+from tpwng.train.loop import read_log
 
 
 def _labels(classes: list[str], all_classes: list[str]) -> torch.Tensor:

@@ -23,8 +23,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from tpwng.features.provenance import COMPATIBILITY_KEYS
 from tpwng.files import atomic_path, publish, remove_stale_temps, temp_path, write_error
-from tpwng.provenance import COMPATIBILITY_KEYS
 
 STORE_FORMAT = "tpwng-features/1"
 CHECKSUM_ATTR = "crc32"  # of each video's array bytes, checked on every read

@@ -12,11 +12,10 @@ import numpy as np
 import pandas as pd
 
 from tpwng import RESOURCES, __version__
-from tpwng.baselines import MilSettings, nearest_normal_distance, topk_mil_ranking
-from tpwng.checkpoint import load_checkpoint
-from tpwng.datasets import NORMAL, ManifestRow, read_manifest
-from tpwng.files import write_json, write_table
-from tpwng.finegrained import (
+from tpwng.data.datasets import NORMAL
+from tpwng.data.manifest import ManifestRow, read_manifest
+from tpwng.evaluate.baselines import MilSettings, nearest_normal_distance, topk_mil_ranking
+from tpwng.evaluate.finegrained import (
     DEFAULT_IOUS,
     frame_class_probabilities,
     parse_xd_multiclass_annotation,
@@ -24,8 +23,8 @@ from tpwng.finegrained import (
     video_classification_accuracy,
     video_ground_truth,
 )
-from tpwng.inference import pick_crop, read_class_probs, read_scores, read_stride
-from tpwng.metrics import (
+from tpwng.evaluate.inference import pick_crop, read_class_probs, read_scores, read_stride
+from tpwng.evaluate.metrics import (
     VideoResult,
     anomalous_only_auc,
     expand_to_frames,
@@ -35,9 +34,11 @@ from tpwng.metrics import (
     intervals_to_labels,
     metrics_table,
 )
-from tpwng.plots import plot_roc_pr, plot_score_curves
-from tpwng.provenance import expected_store_provenance
-from tpwng.store import FeatureStore
+from tpwng.evaluate.plots import plot_roc_pr, plot_score_curves
+from tpwng.features.provenance import expected_store_provenance
+from tpwng.features.store import FeatureStore
+from tpwng.files import write_json, write_table
+from tpwng.train.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +104,9 @@ FINE_GRAINED_PROTOCOL = (
 def class_ground_truth(videos: Sequence[VideoResult], rows: dict[str, ManifestRow],
                        fmt: str) -> list[list[tuple[str, int, int]]]:
     """Per video its ``(class, start, end)`` ground-truth segments for the fine-grained mAP
-    (`tpwng.finegrained.video_ground_truth`): XD-Violence (``fmt == "xd"``) takes the per-class
-    intervals of ``annotations_multiclasses.txt``, other formats the manifest's intervals under
-    the video's class."""
+    (`tpwng.evaluate.finegrained.video_ground_truth`): XD-Violence (``fmt == "xd"``) takes the
+    per-class intervals of ``annotations_multiclasses.txt``, other formats the manifest's
+    intervals under the video's class."""
     per_class = parse_xd_multiclass_annotation(XD_CLASS_ANNOTATION) if fmt == "xd" else {}
     out = []
     for v in videos:
@@ -291,7 +292,7 @@ def baselines_report(settings: dict, manifest: Path, features: Path, scores: Pat
     learn from the training videos' labels, and score the test videos of ``scores`` (TPWNG's),
     in its order, on the frames ``evaluate.frames`` asks for. Frame AUC, AP, AUC on anomalous
     videos and false-alarm rate (frames of normal videos scored ``>= evaluate.threshold``) are
-    those of `tpwng.metrics.metrics_table`; the TPWNG row equals the metrics table's. The
+    those of `tpwng.evaluate.metrics.metrics_table`; the TPWNG row equals the metrics table's. The
     nearest-normal distance is unbounded: its false alarms are counted on the calibrated score
     of `nearest_normal_calibration` (a monotone map, so AUC and AP are the distance's).
     """

@@ -21,21 +21,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from tpwng.checkpoint import load_checkpoint, stored_text_embeddings
-from tpwng.class_probs import class_probabilities
-from tpwng.clip_backbone import ClipSpec, load_clip
-from tpwng.datasets import VIDEO_EXTENSIONS
+from tpwng.data.datasets import VIDEO_EXTENSIONS
 from tpwng.device import resolve_device
 from tpwng.errors import CheckpointError
-from tpwng.features import ExtractionSettings, ImageEncoder
+from tpwng.evaluate.inference import load_model, pick_crop, score_features
+from tpwng.evaluate.metrics import expand_to_frames, intervals_to_labels, score_segments
+from tpwng.evaluate.plots import SCORE_COLOR, figure, shade
+from tpwng.features.clip_backbone import ClipSpec, load_clip
+from tpwng.features.extract import ExtractionSettings, ImageEncoder
+from tpwng.features.provenance import recorded_settings
+from tpwng.features.video import VideoError, VideoInfo, probe_video, read_frames, sample_indices
 from tpwng.files import atomic_path, write_json
-from tpwng.inference import load_model, pick_crop, score_features
-from tpwng.metrics import expand_to_frames, intervals_to_labels, score_segments
-from tpwng.model import TPWNG
-from tpwng.plots import SCORE_COLOR, figure, shade
-from tpwng.provenance import recorded_settings
-from tpwng.tcsal import TCSAL, TCSALStream
-from tpwng.video import VideoError, VideoInfo, probe_video, read_frames, sample_indices
+from tpwng.model.class_probs import class_probabilities
+from tpwng.model.tcsal import TCSAL, TCSALStream
+from tpwng.model.tpwng import TPWNG
+from tpwng.train.checkpoint import load_checkpoint, stored_text_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class ScoreOptions:
     stream: bool = False
     device: str = "auto"
     batch_size: int = 64  # images per encoder batch
-    html: bool = False  # also a page per video (and index.html for a folder): tpwng.viewer
+    html: bool = False  # also a page per video (and index.html for a folder): tpwng.evaluate.viewer
 
     @property
     def mode(self) -> str:
@@ -151,7 +151,7 @@ def score_offline(scorer: Scorer, path: Path, info: VideoInfo,
 
 
 def snippet_class_probs(scorer: Scorer, feats: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Per-snippet class probabilities ``[T, k]`` (`tpwng.class_probs`) from the features and
+    """Per-snippet class probabilities ``[T, k]`` (`tpwng.model.class_probs`) from the features and
     the anomaly scores, with the text embeddings saved in the checkpoint."""
     return class_probabilities(torch.from_numpy(np.ascontiguousarray(feats, np.float32)),
                                scorer.text, scorer.logit_scale,
@@ -337,7 +337,7 @@ def write_video_outputs(result: VideoScores, scorer: Scorer, options: ScoreOptio
     }
     write_json(files["intervals"], record)
     if options.html:
-        from tpwng.viewer import write_scored_page
+        from tpwng.evaluate.viewer import write_scored_page
 
         files |= write_scored_page(result, files, options.threshold, scorer.extraction.stride)
     return {"video": str(result.path), "frames": result.info.frames,
@@ -379,7 +379,7 @@ def score_paths(target: Path, model_path: Path, out_dir: Path, options: ScoreOpt
                "videos": entries}
     write_json(Path(out_dir) / "summary.json", summary)
     if options.html and Path(target).is_dir():
-        from tpwng.viewer import write_scores_index
+        from tpwng.evaluate.viewer import write_scores_index
 
         write_scores_index(summary, Path(out_dir))
     return summary

@@ -13,16 +13,17 @@ import torch
 from tqdm import tqdm
 
 from tpwng import __version__
-from tpwng.checkpoint import save_checkpoint
-from tpwng.clip_backbone import ClipSpec, load_clip
 from tpwng.config import training_hash
-from tpwng.datasets import DatasetError, load_interval_file, read_manifest
+from tpwng.data.datasets import DatasetError, load_interval_file
+from tpwng.data.manifest import read_manifest
+from tpwng.data.sequences import TrainVideo, cap_length, epoch_batches, pad_batch, snippet_truth
 from tpwng.device import resolve_device
-from tpwng.metrics import pseudo_label_quality
-from tpwng.model import TPWNG, ModelConfig
-from tpwng.provenance import expected_store_provenance
-from tpwng.sequences import TrainVideo, cap_length, epoch_batches, pad_batch, snippet_truth
-from tpwng.store import FeatureStore, StoreError
+from tpwng.evaluate.metrics import pseudo_label_quality
+from tpwng.features.clip_backbone import ClipSpec, load_clip
+from tpwng.features.provenance import expected_store_provenance
+from tpwng.features.store import FeatureStore, StoreError
+from tpwng.model.tpwng import TPWNG, ModelConfig
+from tpwng.train.checkpoint import save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def load_train_videos(settings: dict, manifest: Path, features: Path) -> list[Tr
                 raise StoreError(f"{features}: features of {r.video_id} contain NaN or inf")
             t = None
             if r.video_id in truth:
-                from tpwng.metrics import intervals_to_labels
+                from tpwng.evaluate.metrics import intervals_to_labels
 
                 t = snippet_truth(intervals_to_labels(truth[r.video_id], r.frames), stride,
                                   max_len)
@@ -124,6 +125,18 @@ def class_targets(videos: list[TrainVideo], idx, classes: list[str], device) -> 
         for c in videos[i].classes:
             y[row, classes.index(c)] = 1.0
     return y.to(device)
+
+
+def optimisation_step(model: TPWNG, opt: torch.optim.Optimizer, autocast: torch.autocast,
+                      xn: torch.Tensor, mn: torch.Tensor, xa: torch.Tensor, ma: torch.Tensor,
+                      ya: torch.Tensor) -> dict[str, float]:
+    """One step: pseudo-labels and every loss (`TPWNG.training_step`), backward, update."""
+    with autocast:
+        loss, logs, _ = model.training_step(xn, mn, xa, ma, ya)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return logs
 
 
 def pseudo_label_diagnostics(model: TPWNG, normal: list[TrainVideo], anomalous: list[TrainVideo],
@@ -202,15 +215,11 @@ def train(settings: dict, manifest: Path, features: Path, out: Path, log_path: P
         for pos_n, pos_a in batches:
             idx_n, idx_a = [items_n[p] for p in pos_n], [items_a[p] for p in pos_a]
             xn, mn = batch_features(normal, idx_n, rng, device,
-                            None if crops_n is None else [crops_n[p] for p in pos_n])
+                                    None if crops_n is None else [crops_n[p] for p in pos_n])
             xa, ma = batch_features(anomalous, idx_a, rng, device,
-                            None if crops_a is None else [crops_a[p] for p in pos_a])
+                                    None if crops_a is None else [crops_a[p] for p in pos_a])
             ya = class_targets(anomalous, idx_a, classes, device)
-            with autocast:
-                loss, logs, _ = model.training_step(xn, mn, xa, ma, ya)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            logs = optimisation_step(model, opt, autocast, xn, mn, xa, ma, ya)
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
         row = {"epoch": epoch, "steps": len(batches),

@@ -10,19 +10,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from tpwng.checkpoint import (
+from tpwng.data.manifest import read_manifest
+from tpwng.device import resolve_device
+from tpwng.evaluate.metrics import expand_to_frames
+from tpwng.features.clip_backbone import ClipSpec, load_clip
+from tpwng.features.store import FeatureStore, StoreError, h5_create, open_sealed
+from tpwng.files import atomic_path
+from tpwng.model.tpwng import TPWNG, ModelConfig
+from tpwng.train.checkpoint import (
     check_against_settings,
     load_checkpoint,
     load_into,
     stored_text_embeddings,
 )
-from tpwng.clip_backbone import ClipSpec, load_clip
-from tpwng.datasets import read_manifest
-from tpwng.device import resolve_device
-from tpwng.files import atomic_path
-from tpwng.metrics import expand_to_frames
-from tpwng.model import TPWNG, ModelConfig
-from tpwng.store import FeatureStore, StoreError, h5_create, open_sealed
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def score_test_set(settings: dict, manifest: Path, features: Path, model_path: P
     crop = int(settings["train"]["test_crop"])
     rows = [r for r in read_manifest(manifest) if r.split == "test"]
     with FeatureStore(features) as store, atomic_path(out) as tmp, h5_create(tmp) as f:
-        from tpwng.provenance import expected_store_provenance
+        from tpwng.features.provenance import expected_store_provenance
 
         store.check_compatible(expected_store_provenance(settings))
         f.attrs["dataset"] = settings["name"]

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Protocol
 from tpwng import __version__
 
 if TYPE_CHECKING:
-    from tpwng.clip_backbone import ClipSpec
+    from tpwng.features.clip_backbone import ClipSpec
 
 
 class Sampling(Protocol):
-    """How frames were sampled and cropped (`tpwng.features.ExtractionSettings` has these)."""
+    """How frames were sampled and cropped (as `tpwng.features.extract.ExtractionSettings`)."""
 
     stride: int
     sample: str
@@ -37,7 +37,7 @@ _PREPROCESSING = {
 def extracted_provenance(spec: ClipSpec, identity: str, settings: Sampling, dim: int,
                          dataset: str) -> dict:
     """What a store of features extracted here records."""
-    from tpwng.preprocess import CLIP_MEAN, CLIP_STD, n_crops
+    from tpwng.features.preprocess import CLIP_MEAN, CLIP_STD, n_crops
 
     return {
         "dataset": dataset,
@@ -70,7 +70,7 @@ def released_provenance(settings: dict, source: str) -> dict:
 
 def expected_store_provenance(settings: dict) -> dict:
     """What a feature store must record to be used with these settings."""
-    from tpwng.clip_backbone import ClipSpec, weights_identity
+    from tpwng.features.clip_backbone import ClipSpec, weights_identity
 
     spec = ClipSpec.from_config(settings["clip"])
     ex = settings["extraction"]

@@ -43,7 +43,7 @@ SAMPLE_MODES = ("center", "start")
 DECODE_TIMEOUT = 600.0  # seconds one decoding call (open, probe, one chunk) may take
 HELPER_MAX_RSS = 2 << 30  # a decoding child using more memory is replaced between videos
 # The decoding child: the parent's pid follows, so that the child can die with it.
-HELPER_COMMAND = [sys.executable, "-c", "from tpwng.video import serve; serve()"]
+HELPER_COMMAND = [sys.executable, "-c", "from tpwng.features.video import serve; serve()"]
 
 
 class VideoError(RuntimeError):

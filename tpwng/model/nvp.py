@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tpwng.masks import valid_mask
+from tpwng.model.masks import valid_mask
 
 NVP_MODES = ("as", "fa", "none")
 

@@ -1,6 +1,6 @@
 """What kind of anomaly: frame class probabilities, fine-grained detection mAP, video
 classification. The per-snippet class probabilities themselves are the model's
-(`tpwng.class_probs`).
+(`tpwng.model.class_probs`).
 
 Fine-grained detection follows the protocol of the published XD-Violence / UCF-Crime evaluation
 scripts of VadCLIP (see `published_fine_grained_map`); `published_class_agnostic_map` is the same
@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from tpwng.datasets import NORMAL, XD_CODES, DatasetError, strip_video_extension
+from tpwng.data.datasets import NORMAL, XD_CODES, DatasetError, read_lines, strip_video_extension
 
 DEFAULT_IOUS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)
 # Constants of the published protocol.
@@ -66,17 +65,9 @@ def parse_xd_multiclass_annotation(path: str | os.PathLike[str]) -> dict[str, li
     file order. Intervals are kept as written: within one class they may touch or overlap, and a
     class need not be among the codes in the video's name (the public file has one such video).
     """
-    try:
-        text = Path(path).read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path}: cannot read ({exc})") from None
     result: dict[str, list[Segment]] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in read_lines(path):
         fields = line.split()
-        if not fields:
-            continue
         where = f"{path}:{number}"
         video_id = strip_video_extension(fields[0])
         if video_id in result:

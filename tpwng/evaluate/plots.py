@@ -21,14 +21,14 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from tpwng.files import atomic_path  # noqa: E402
-from tpwng.metrics import (  # noqa: E402
+from tpwng.evaluate.metrics import (  # noqa: E402
     VideoResult,
     frame_ap,
     frame_auc,
     labels_to_intervals,
     roc_pr_points,
 )
+from tpwng.files import atomic_path  # noqa: E402
 
 TRUTH_COLOR = "#9ecae1"  # light blue, as the paper's figures shade ground truth
 SCORE_COLOR = "#d62728"

@@ -201,10 +201,10 @@ class TPWNG(nn.Module):
         """Class distribution ``[B, T, k]`` per snippet from raw image features ``[B, T, D]``.
 
         ``p(normal) = 1 - η`` and ``p(c) = η · softmax_c(τ · cos(x, T_c))`` over the anomaly
-        classes (`tpwng.class_probs.class_probabilities`), with ``η`` = `score` and the cosines
-        on the features `similarities` compares. The text embeddings are computed once per call;
-        pass ``text`` (and ``logit_scale``), e.g. those a checkpoint stores, to skip the text
-        tower. Padded positions are all 0.
+        classes (`tpwng.model.class_probs.class_probabilities`), with ``η`` = `score` and the
+        cosines on the features `similarities` compares. The text embeddings are computed once
+        per call; pass ``text`` (and ``logit_scale``), e.g. those a checkpoint stores, to skip
+        the text tower. Padded positions are all 0.
         """
         eta = self.score(x, mask)
         x = self._features(x)

@@ -2,8 +2,8 @@
 
 Shapes: ``B`` videos, ``T`` snippets (``mask [B, T]`` True on valid snippets), ``C = k - 1``
 anomaly classes. Similarities are cosine similarities (design §1); ``*_norm`` inputs are min-max
-normalised per video over the valid snippets (`tpwng.plg.minmax_normalize`). Per-video terms are
-averaged over the videos that have at least one valid snippet.
+normalised per video over the valid snippets (`tpwng.model.plg.minmax_normalize`). Per-video
+terms are averaged over the videos that have at least one valid snippet.
 """
 
 from __future__ import annotations

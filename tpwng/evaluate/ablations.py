@@ -171,7 +171,7 @@ def plot_table(rows: list[dict[str, str]], path: Path, title: str) -> None:
     """Grouped bars per variant: our metric next to the paper's UCF AUC and XD AP."""
     import numpy as np
 
-    from tpwng.plots import figure
+    from tpwng.evaluate.plots import figure
 
     series = [("ours", f"ours ({rows[0]['metric']})", "#d62728"),
               ("paper_ucf_auc", "paper UCF AUC", "#1f77b4"),
@@ -243,11 +243,11 @@ def write_summary(table_files: list[Path], out: Path, baselines: Path | None = N
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m tpwng.ablations summary --out OUT [--baselines TSV] TABLE.tsv ...``."""
+    """``python -m tpwng.evaluate.ablations summary --out OUT [--baselines TSV] TABLE.tsv ...``."""
     import argparse
     import sys
 
-    p = argparse.ArgumentParser(prog="python -m tpwng.ablations")
+    p = argparse.ArgumentParser(prog="python -m tpwng.evaluate.ablations")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("summary", help="every ablation table (and the baselines) in one TSV")
     s.add_argument("--out", required=True)

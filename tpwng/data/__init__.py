@@ -1,0 +1,2 @@
+"""Datasets: split and annotation files, manifests, the synthetic set, training sequences.
+"""

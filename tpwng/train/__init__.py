@@ -1,0 +1,2 @@
+"""Training on a feature store, and checkpoints.
+"""
