@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tpwng import datasets as ds
+from tpwng.data import datasets as ds
 from tpwng.data.datasets import (
     DatasetError,
     VideoEntry,
@@ -23,7 +23,13 @@ from tpwng.data.datasets import (
     xd_classes_from_name,
     xd_entries,
 )
-from tpwng.data.manifest import ManifestRow, build_manifest, read_manifest, write_manifest
+from tpwng.data.manifest import (
+    MANIFEST_COLUMNS,
+    ManifestRow,
+    build_manifest,
+    read_manifest,
+    write_manifest,
+)
 from tpwng.features.video import VideoInfo
 
 
@@ -379,7 +385,7 @@ def test_manifest_round_trip(tmp_path: Path, xd_root: Path) -> None:
     assert all(isinstance(r, ManifestRow) and isinstance(r.intervals[0], tuple)
                for r in back if r.intervals)
     header, *lines = path.read_text().splitlines()
-    assert header.split("\t") == ds.MANIFEST_COLUMNS
+    assert header.split("\t") == MANIFEST_COLUMNS
     assert lines[-1].split("\t")[3:6] == ["anomalous", "shooting|explosion", "0-5;7-30"]
     assert [p.name for p in path.parent.iterdir()] == ["manifest.tsv"]
     write_manifest([], path)
