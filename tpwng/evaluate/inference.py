@@ -16,6 +16,7 @@ from tpwng.evaluate.metrics import expand_to_frames
 from tpwng.features.clip_backbone import ClipSpec, load_clip
 from tpwng.features.store import FeatureStore, StoreError, h5_create, open_sealed
 from tpwng.files import atomic_path
+from tpwng.model.class_probs import class_probabilities
 from tpwng.model.tpwng import TPWNG, ModelConfig
 from tpwng.train.checkpoint import (
     check_against_settings,
@@ -50,15 +51,14 @@ def score_features(model: TPWNG, feats: np.ndarray, device="cpu") -> np.ndarray:
     return model.score(x, mask)[0].float().cpu().numpy()
 
 
-@torch.no_grad()
-def class_probabilities_of(model: TPWNG, feats: np.ndarray, text: torch.Tensor,
-                           logit_scale: float, device="cpu") -> np.ndarray:
-    """Class probabilities ``[T, k]`` of one video from its features ``[T, D]``, with given
-    class text embeddings ``[k, D]`` (`TPWNG.class_probabilities`; no text tower pass)."""
-    x = torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32))[None].to(device)
-    mask = torch.ones(x.shape[:2], dtype=torch.bool, device=device)
-    probs = model.class_probabilities(x, mask, text=text.to(device), logit_scale=logit_scale)
-    return probs[0].float().cpu().numpy()
+def snippet_class_probs(feats: np.ndarray, scores: np.ndarray, text: torch.Tensor,
+                        logit_scale: float) -> np.ndarray:
+    """Class probabilities ``[T, k]`` of one video from its features ``[T, D]`` and its
+    already computed anomaly scores ``η`` ``[T]``, with the class text embeddings ``[k, D]``
+    (`tpwng.model.class_probs`): neither the text tower nor the temporal module runs again."""
+    return class_probabilities(torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)),
+                               text, logit_scale,
+                               torch.from_numpy(np.asarray(scores, dtype=np.float32))).numpy()
 
 
 def checkpoint_text(model: TPWNG, model_path: Path) -> tuple[torch.Tensor, float]:
@@ -112,8 +112,7 @@ def score_test_set(settings: dict, manifest: Path, features: Path, model_path: P
             s = score_features(model, feats, device)
             snip[r.video_id] = s.astype(np.float32)
             frames[r.video_id] = expand_to_frames(s, r.frames, stride).astype(np.float32)
-            probs[r.video_id] = class_probabilities_of(model, feats, text, logit_scale,
-                                                       device).astype(np.float32)
+            probs[r.video_id] = snippet_class_probs(feats, s, text, logit_scale)
     log.info("%s: %d test videos scored", out, len(rows))
     return len(rows)
 

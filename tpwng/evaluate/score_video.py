@@ -24,7 +24,7 @@ from torch import nn
 from tpwng.data.datasets import VIDEO_EXTENSIONS
 from tpwng.device import resolve_device
 from tpwng.errors import CheckpointError
-from tpwng.evaluate.inference import load_model, pick_crop, score_features
+from tpwng.evaluate.inference import load_model, pick_crop, score_features, snippet_class_probs
 from tpwng.evaluate.metrics import expand_to_frames, intervals_to_labels, score_segments
 from tpwng.evaluate.plots import SCORE_COLOR, figure, shade
 from tpwng.features.clip_backbone import ClipSpec, load_clip
@@ -32,7 +32,6 @@ from tpwng.features.extract import ExtractionSettings, ImageEncoder
 from tpwng.features.provenance import recorded_settings
 from tpwng.features.video import VideoError, VideoInfo, probe_video, read_frames, sample_indices
 from tpwng.files import atomic_path, write_json
-from tpwng.model.class_probs import class_probabilities
 from tpwng.model.tcsal import TCSAL, TCSALStream
 from tpwng.model.tpwng import TPWNG
 from tpwng.train.checkpoint import load_checkpoint, stored_text_embeddings
@@ -150,14 +149,6 @@ def score_offline(scorer: Scorer, path: Path, info: VideoInfo,
     return score_features(scorer.model, feats, scorer.device)
 
 
-def snippet_class_probs(scorer: Scorer, feats: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Per-snippet class probabilities ``[T, k]`` (`tpwng.model.class_probs`) from the features and
-    the anomaly scores, with the text embeddings saved in the checkpoint."""
-    return class_probabilities(torch.from_numpy(np.ascontiguousarray(feats, np.float32)),
-                               scorer.text, scorer.logit_scale,
-                               torch.from_numpy(np.asarray(scores, np.float32))).numpy()
-
-
 def check_streamable(model: TPWNG, path: Path) -> None:
     """Stream scoring needs the causal TCSAL with a fixed span scale F."""
     if not isinstance(model.temporal, TCSAL):
@@ -270,7 +261,8 @@ def score_video(scorer: Scorer, path: Path, options: ScoreOptions,
     frames = expand_to_frames(snippets, info.frames, stride)
     probs = None
     if scorer.text is not None:
-        probs = snippet_class_probs(scorer, np.concatenate(features), snippets)
+        probs = snippet_class_probs(np.concatenate(features), snippets, scorer.text,
+                                    scorer.logit_scale)
     intervals = detect_intervals(frames, info.fps, options.threshold, options.min_length,
                                  probs, scorer.classes, stride)
     return VideoScores(Path(path), info, snippets, frames, intervals, probs, scorer.classes)
