@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-stamp
 CORES ?= 2
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv demo test slurm browser lint clean
+.PHONY: venv demo test slurm browser ffmpeg lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -19,7 +19,7 @@ demo: $(STAMP)  ## the whole DAG on the embedded synthetic dataset
 	snakemake --cores $(CORES)
 	@cat results/synthetic_auc.json
 
-test: $(STAMP) slurm browser  ## the whole test suite
+test: $(STAMP) slurm browser ffmpeg  ## the whole test suite
 	pytest -q
 
 slurm:  ## SLURM + munge for the real-SLURM test, where we are root with apt-get
@@ -29,6 +29,10 @@ slurm:  ## SLURM + munge for the real-SLURM test, where we are root with apt-get
 browser:  ## Chromium + chromedriver for the viewer's browser tests, where we are root with apt-get
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then tests/install-browser.sh; \
 	else echo "not root with apt-get: the viewer's browser tests will be skipped"; fi
+
+ffmpeg:  ## ffmpeg to serve sample videos for the live-scoring tests, where we are root with apt-get
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then tests/install-ffmpeg.sh; \
+	else echo "not root with apt-get: the live-scoring tests that need ffmpeg will be skipped"; fi
 
 lint: $(STAMP)
 	ruff check .

@@ -11,6 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "datasets"
+LOCAL_CORES = 2  # the local reference run's --cores: every rule runs with at most 2 threads
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +37,6 @@ def tiny_local_run(tmp_path_factory) -> Path:
     from tests.dag import snakemake, tiny_config
 
     d = tmp_path_factory.mktemp("tiny-local")
-    out = snakemake("--cores", "2", cwd=d, config=tiny_config(d), timeout=1200)
+    out = snakemake("--cores", str(LOCAL_CORES), cwd=d, config=tiny_config(d), timeout=1200)
     assert out.returncode == 0, out.stderr[-3000:]
     return d

@@ -308,7 +308,7 @@ def serve_with_faults() -> None:
         return handle(reader, request)
 
     video._handle = faulty
-    video.serve()
+    video.serve_decoding()
 
 
 FAULTY_DECODER = [sys.executable, "-c", "from tests.faults import serve_with_faults; "

@@ -76,3 +76,17 @@ def test_the_model_core_imports_nothing_of_the_pipeline():
 def test_the_tree_shows_paper_and_pipeline():
     packages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
     assert {"model", "data", "features", "train", "evaluate"} <= packages
+
+
+def test_each_function_name_is_defined_once():
+    """One home per idea: no two modules define a top-level function of the same name (the
+    snippet grid, for one, lives only in tpwng.data.grid)."""
+    homes: dict[str, list[str]] = {}
+    for name, tree in _modules().items():
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name != "main":
+                homes.setdefault(node.name, []).append(name)
+    twice = {f: m for f, m in homes.items() if len(m) > 1}
+    assert twice == {}
+    assert homes["sample_indices"] == homes["expand_to_frames"] == homes["frame_labels"] \
+        == ["tpwng.data.grid"]

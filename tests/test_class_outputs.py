@@ -211,7 +211,7 @@ def test_baselines_command_writes_three_methods_beside_tpwng(scored, tmp_path):
     row = dict.fromkeys(ablations.TABLE_COLUMNS, "") | {
         "table": "table3_guidance", "variant": "guidance", "overrides": '{"guidance": true}',
         "metric": "frame_auc", "ours": "91.00", "frame_auc": "91.00", "frame_ap": "80.00"}
-    ablations.write_table([row], tmp_path / "t3.tsv")
+    ablations.write_rows([row], tmp_path / "t3.tsv")
     ablations.write_summary([tmp_path / "t3.tsv"], tmp_path / "summary.tsv", tmp_path / "b.tsv")
     rows = ablations.read_table(tmp_path / "summary.tsv")
     assert rows[0] == row  # the table's row as written, JSON unquoted

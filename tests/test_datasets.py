@@ -15,7 +15,6 @@ from tpwng.data.datasets import (
     class_prompt_name,
     entries_for,
     folder_entries,
-    frame_labels,
     load_interval_file,
     parse_ucf_temporal_annotation,
     parse_xd_annotation,
@@ -23,6 +22,7 @@ from tpwng.data.datasets import (
     xd_classes_from_name,
     xd_entries,
 )
+from tpwng.data.grid import frame_labels
 from tpwng.data.manifest import (
     MANIFEST_COLUMNS,
     ManifestRow,
@@ -168,9 +168,9 @@ def test_annotation_duplicate_video(tmp_path: Path) -> None:
 
 def test_frame_labels_errors() -> None:
     assert frame_labels([(0, 10)], 10).all()
-    with pytest.raises(DatasetError, match="beyond"):
+    with pytest.raises(ValueError, match=r"\(5, 11\) is not within a video of 10 frames"):
         frame_labels([(5, 11)], 10)
-    with pytest.raises(DatasetError, match="bad interval"):
+    with pytest.raises(ValueError, match=r"\(6, 5\) is not within"):
         frame_labels([(6, 5)], 10)
 
 
@@ -394,7 +394,8 @@ def test_manifest_round_trip(tmp_path: Path, xd_root: Path) -> None:
 
 @pytest.mark.parametrize(("mutate", "message"), [
     (lambda h, r: (h.replace("\tfps", ""), r), "missing manifest column"),
-    (lambda h, r: (h, r.rsplit("\t", 1)[0]), "expected 10 columns"),
+    (lambda h, r: (h, r.rsplit("\t", 1)[0]), "expected 11 columns"),
+    (lambda h, r: (h, r.replace("\tdecord", "\tffmpeg")), "decoder must be one of"),
     (lambda h, r: (h, r.replace("\t25.0\t", "\tfast\t")), "must be numbers"),
     (lambda h, r: (h, r.replace("\ttest\t", "\tval\t")), "split must be"),
     (lambda h, r: (h, r.replace("\tanomalous\t", "\tnormal\t")), "contradicts"),

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from tpwng.data.grid import expand_to_frames
 from tpwng.data.manifest import ManifestRow, write_manifest
-from tpwng.evaluate.metrics import expand_to_frames
 from tpwng.evaluate.tables import video_results
 from tpwng.features.store import h5_create
 from tpwng.files import atomic_path

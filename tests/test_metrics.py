@@ -8,15 +8,14 @@ from itertools import product
 import numpy as np
 import pytest
 
+from tpwng.data.grid import expand_to_frames, frame_labels
 from tpwng.evaluate.metrics import (
     VideoResult,
     anomalous_only_auc,
     detection_map,
-    expand_to_frames,
     false_alarm_rate,
     frame_ap,
     frame_auc,
-    intervals_to_labels,
     labels_to_intervals,
     metrics_table,
     per_class_auc,
@@ -45,7 +44,7 @@ def detection_video(n: int, gt: list[tuple[int, int]], pred: list[tuple[int, int
     scores = np.zeros(n)
     for s, e, value in pred:
         scores[s:e] = value
-    return video("v", ["abuse"], scores, intervals_to_labels(gt, n))
+    return video("v", ["abuse"], scores, frame_labels(gt, n))
 
 
 # --------------------------------------------------------------------------- frames and labels
@@ -68,19 +67,19 @@ def test_expand_to_frames_pads_with_last_value_and_other_stride():
         expand_to_frames(np.array([]), 5)
 
 
-def test_intervals_to_labels_end_exclusive_and_checked():
-    labels = intervals_to_labels([(2, 4), (6, 10)], 10)
+def test_frame_labels_end_exclusive_and_checked():
+    labels = frame_labels([(2, 4), (6, 10)], 10)
     assert labels.dtype == np.uint8
     np.testing.assert_array_equal(labels, [0, 0, 1, 1, 0, 0, 1, 1, 1, 1])
-    assert intervals_to_labels([], 3).tolist() == [0, 0, 0]
+    assert frame_labels([], 3).tolist() == [0, 0, 0]
     with pytest.raises(ValueError, match="10 frames"):
-        intervals_to_labels([(5, 11)], 10)
+        frame_labels([(5, 11)], 10)
     with pytest.raises(ValueError):
-        intervals_to_labels([(5, 3)], 10)
+        frame_labels([(5, 3)], 10)
 
 
 def test_labels_to_intervals_merges_touching_intervals():
-    labels = intervals_to_labels([(1, 3), (3, 5), (4, 6), (8, 9)], 9)
+    labels = frame_labels([(1, 3), (3, 5), (4, 6), (8, 9)], 9)
     assert labels_to_intervals(labels) == [(1, 6), (8, 9)]
     assert labels_to_intervals(np.zeros(4)) == []
 
@@ -195,7 +194,7 @@ def test_detection_perfect_prediction_is_one_everywhere():
 
 
 def test_detection_touching_annotations_are_one_ground_truth():
-    labels = intervals_to_labels([(10, 20), (20, 30)], 50)
+    labels = frame_labels([(10, 20), (20, 30)], 50)
     vids = [video("v", ["abuse"], labels * 0.9, labels)]
     assert detection_map(vids)["mAP@0.5"] == pytest.approx(1.0)
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tpwng.evaluate.metrics import VideoResult, intervals_to_labels
+from tpwng.data.grid import frame_labels
+from tpwng.evaluate.metrics import VideoResult
 from tpwng.evaluate.plots import (
     plot_pseudo_labels,
     plot_roc_pr,
@@ -38,7 +39,7 @@ def make_videos(n_anom: int = 5, n_norm: int = 4) -> list[VideoResult]:
     out = []
     for i in range(n_anom):
         n = 120 + 10 * i
-        labels = intervals_to_labels([(30, 60), (80, 90)], n)
+        labels = frame_labels([(30, 60), (80, 90)], n)
         scores = np.clip(0.6 * labels + 0.4 * rng.random(n), 0, 1)
         out.append(VideoResult(f"Abuse{i:03d}", ["abuse"], scores, labels))
     for i in range(n_norm):
@@ -72,8 +73,8 @@ def test_plot_roc_pr(tmp_path):
 def test_plot_pseudo_labels(tmp_path):
     items = []
     for i in range(3):
-        truth = intervals_to_labels([(20, 50)], 100)
-        pseudo = intervals_to_labels([(25, 55)], 100)
+        truth = frame_labels([(20, 50)], 100)
+        pseudo = frame_labels([(25, 55)], 100)
         item = {"video_id": f"v{i}", "pseudo": pseudo, "truth": truth if i != 1 else None}
         if i == 2:
             item["score"] = np.linspace(0, 1, 100)

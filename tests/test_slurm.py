@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import LOCAL_CORES, REPO
 from tests.dag import snakemake, tiny_config
 from tests.slurm_cluster import Cluster, unavailable_reason
 
@@ -20,15 +20,17 @@ pytestmark = pytest.mark.slow
 # The profile asks for site-sized jobs (8 CPUs, 32 GB for extraction), which a 2-core CI node
 # can never satisfy: SLURM would keep them PENDING (PartitionConfig) forever. Command-line
 # settings replace the profile's, so every rule is restated here at CI size, GPUs included.
+# Every job gets the threads the local reference run gets (`--cores LOCAL_CORES` caps each
+# rule's threads): training on the CPU is bit-identical only at equal thread counts.
 _RULES = ("synthesize", "manifest", "extract_shard", "feature_view", "train", "infer",
           "evaluate", "diagnostics", "baselines", "viewer")
 SIZE_TO_CI_NODE = (
     "--set-resources",
-    *[f"{r}:cpus_per_task=1" for r in _RULES],
+    *[f"{r}:cpus_per_task={LOCAL_CORES}" for r in _RULES],
     *[f"{r}:mem_mb=1500" for r in _RULES],
     *[f"{r}:runtime=20" for r in _RULES],
     "extract_shard:gpu=1", "train:gpu=1",
-    "--set-threads", *[f"{r}=1" for r in _RULES],
+    "--set-threads", *[f"{r}={LOCAL_CORES}" for r in _RULES],
 )
 
 

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from tpwng.features.video import VideoError, probe_video, read_frames, sample_indices, snippet_count
+from tpwng.data.grid import sample_indices, snippet_count
+from tpwng.features.video import VideoError, probe_video, read_frames
 
 
 def _independent_indices(n, stride, mode):

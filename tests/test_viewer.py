@@ -24,8 +24,9 @@ import torch
 from tests.dag import job_counts, snakemake, tiny_config
 from tests.test_score_video import _train
 from tpwng.cli import main
+from tpwng.data.grid import expand_to_frames
 from tpwng.data.manifest import ManifestRow, write_manifest
-from tpwng.evaluate.metrics import expand_to_frames, labels_to_intervals
+from tpwng.evaluate.metrics import labels_to_intervals
 from tpwng.evaluate.viewer import (
     decode_values,
     encode_values,

@@ -8,10 +8,14 @@ sampled frame preprocessed through PIL one at a time, the encoder run per video)
 of a step (text side / temporal module / rest) and the temporal module's GFLOP/s against the
 matmul rate of its own matrix products.
 `tpwng bench memory` compares the peak memory of extracting a one-hour and a one-minute video.
+`tpwng bench live` measures the per-snippet latency of live scoring (`tpwng.evaluate.live`): a
+video served in real time over loopback HTTP by ffmpeg (without ffmpeg: the file read through
+PyAV at its frame rate), scored with the demo model on the tiny CLIP and on ViT-B/16.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import resource
@@ -64,7 +68,7 @@ def _rows(videos: list[Path]) -> list[SimpleNamespace]:
     for p in videos:
         info = probe_video(p)
         rows.append(SimpleNamespace(video_id=p.stem, path=str(p), frames=info.frames,
-                                    fps=info.fps))
+                                    fps=info.fps, decoder=info.decoder))
     return rows
 
 
@@ -495,6 +499,107 @@ def bench_memory(workdir: Path, settings: ExtractionSettings, out: Path | None,
     short, long_ = lengths_s[0], lengths_s[-1]
     for k in ("main_peak_rss_mb", "all_processes_peak_rss_mb"):
         result[f"{k}_ratio"] = result[f"{k}_{long_}s"] / result[f"{k}_{short}s"]
+    _report(result, out)
+    return result
+
+
+LIVE_CLASSES = ["normal", "explosion", "fighting", "robbery", "vandalism"]  # the demo's
+
+
+def live_scorer(spec: ClipSpec, stride: int = 16, classes: list[str] = LIVE_CLASSES):
+    """A `Scorer` of the demo model configuration (``ModelConfig()``, random TPWNG weights) on
+    the image tower of ``spec``: what a trained checkpoint costs to run, not what it scores."""
+    from tpwng.evaluate.score_video import Scorer
+    from tpwng.model.tpwng import TPWNG, ModelConfig
+
+    clip_model, identity = load_clip(spec)
+    torch.manual_seed(0)
+    model = TPWNG(clip_model, classes, ModelConfig(), dim=int(clip_model.visual.output_dim))
+    with torch.no_grad():
+        text = model.text_embeddings().float()
+    settings = ExtractionSettings(stride=stride, device="cpu")
+    meta = {"classes": classes, "clip": {"weights": identity}, "dataset": "bench"}
+    return Scorer(model.eval(), meta, Path(f"bench-{spec.model}"),
+                  ImageEncoder(clip_model, settings), settings, text=text,
+                  logit_scale=model.logit_scale)
+
+
+def _listening(port: int) -> bool:
+    """Whether a process listens on the loopback TCP port (from /proc: a test connection
+    would take ffmpeg's only client)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for row in Path(table).read_text().splitlines()[1:]:
+                local, state = row.split()[1], row.split()[3]
+                if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                    return True
+    return False
+
+
+def _live_run(scorer, video: Path, ffmpeg: str | None) -> tuple[list[float], float]:
+    """Per-snippet latencies of one live run of ``video`` and its wall time."""
+    import subprocess
+    import tempfile
+
+    from tpwng.evaluate.live import LiveOptions, score_live
+    from tpwng.evaluate.score_video import ScoreOptions
+
+    lines: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        source, live, server = str(video), LiveOptions(realtime=True), None
+        if ffmpeg:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            source, live = f"http://127.0.0.1:{port}", LiveOptions()
+            server = subprocess.Popen([ffmpeg, "-hide_banner", "-loglevel", "error", "-re", "-i",
+                                       str(video), "-c", "copy", "-f", "mpegts", "-listen", "1",
+                                       source], stdin=subprocess.DEVNULL)
+            deadline = time.monotonic() + 10
+            while not _listening(port) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        t0 = time.perf_counter()
+        try:
+            score_live(scorer, source, Path(tmp), ScoreOptions(stream=True), live,
+                       emit=lines.append, notify=lambda m: print(m, file=sys.stderr))
+        finally:
+            if server is not None:
+                server.kill()
+                server.wait()
+        wall = time.perf_counter() - t0
+    records = [json.loads(x) for x in lines]
+    return [r["latency_s"] for r in records if r["event"] == "snippet"], wall
+
+
+def bench_live(video: Path, specs: list[ClipSpec], out: Path | None, stride: int = 16) -> dict:
+    """p50 / p95 / max seconds from a snippet's last frame being decoded to its score, per
+    image tower; and the run's wall time beside the video's duration (a scorer that cannot
+    keep up falls behind the source while its latency stays small: decoding then waits)."""
+    import shutil
+
+    from tpwng.evaluate.live import scoring_threads
+
+    info = probe_video(video)
+    ffmpeg = shutil.which("ffmpeg")
+    result: dict = {
+        "host": socket.gethostname(), "machine": platform.processor() or platform.machine(),
+        "video": str(video), "size": f"{info.width}x{info.height}", "fps": info.fps,
+        "duration_s": info.frames / info.fps, "stride": stride,
+        "snippet_s": stride / info.fps,
+        "source": ("ffmpeg -re, MPEG-TS over HTTP on 127.0.0.1" if ffmpeg else
+                   "the file through PyAV, paced at its frame rate (ffmpeg not installed)"),
+        "torch_threads": scoring_threads(),
+    }
+    for spec in specs:
+        latencies, wall = _live_run(live_scorer(spec, stride), video, ffmpeg)
+        lat = np.asarray(latencies)
+        key = spec.model
+        result |= {f"{key}_snippets": len(lat),
+                   f"{key}_latency_p50_s": float(np.percentile(lat, 50)),
+                   f"{key}_latency_p95_s": float(np.percentile(lat, 95)),
+                   f"{key}_latency_max_s": float(lat.max()),
+                   f"{key}_wall_s": wall}
+    result["peak_rss_mb"] = peak_rss_mb()
     _report(result, out)
     return result
 

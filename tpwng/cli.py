@@ -121,12 +121,22 @@ def cmd_ablation_table(a: argparse.Namespace) -> None:
 
 
 def cmd_score(a: argparse.Namespace) -> None:
+    from tpwng.evaluate.live import is_live_source
     from tpwng.evaluate.score_video import ScoreOptions, score_paths
 
     if not 0.0 <= a.threshold <= 1.0 or a.min_length < 0:
         raise UserError("--threshold must be in [0, 1] and --min-length >= 0")
     opts = ScoreOptions(threshold=a.threshold, min_length=a.min_length, stream=a.stream,
                         device=a.device, html=a.html)
+    if is_live_source(a.target):
+        _score_live(a, opts)
+        return
+    live_only = [flag for flag, v in (("--timeout", a.timeout), ("--reconnect", a.reconnect),
+                                      ("--alert-threshold", a.alert_threshold),
+                                      ("--threads", a.threads)) if v is not None]
+    if live_only:
+        raise UserError(f"{', '.join(live_only)}: only for a live source (a stream URL or "
+                        f"/dev/videoN), not for {a.target}")
 
     def snippet_printer(video: Path):
         print(f"# {video}: snippet, time_s, score", flush=True)
@@ -150,6 +160,45 @@ def cmd_score(a: argparse.Namespace) -> None:
     failed = sum("error" in v for v in summary["videos"])
     if failed:
         raise UserError(f"{failed} of {len(summary['videos'])} videos could not be scored")
+
+
+def _score_live(a: argparse.Namespace, opts) -> None:
+    """`tpwng score URL_OR_DEVICE --stream`: score a live source as it arrives."""
+    from tpwng.evaluate.live import (
+        DEFAULT_RECONNECT,
+        DEFAULT_TIMEOUT,
+        Interrupted,
+        LiveOptions,
+        display_source,
+        score_live,
+    )
+    from tpwng.evaluate.score_video import load_scorer
+
+    name = display_source(a.target)
+    if not a.stream:
+        raise UserError(f"{name}: a stream or capture device can only be scored live; "
+                        "add --stream")
+    if a.html:
+        raise UserError(f"{name}: --html needs a video file to show; a live source's scores "
+                        "are in <out>/<name>_live.jsonl")
+    timeout = DEFAULT_TIMEOUT if a.timeout is None else a.timeout
+    reconnect = DEFAULT_RECONNECT if a.reconnect is None else a.reconnect
+    if not timeout > 0 or reconnect < 0 or (a.threads is not None and a.threads < 1):
+        raise UserError("--timeout must be > 0, --reconnect >= 0 and --threads >= 1")
+    if a.alert_threshold is not None and not 0.0 <= a.alert_threshold <= 1.0:
+        raise UserError("--alert-threshold must be in [0, 1]")
+    scorer = load_scorer(Path(a.model), opts.device, opts.batch_size)
+    live = LiveOptions(timeout=timeout, reconnect=reconnect, alert_threshold=a.alert_threshold,
+                       threads=a.threads)
+    try:
+        summary = score_live(scorer, a.target, Path(a.out), opts, live,
+                             notify=lambda m: print(f"tpwng score: {m}", file=sys.stderr,
+                                                    flush=True))
+    except Interrupted as exc:
+        raise UserError(str(exc)) from None
+    outputs = summary["videos"][0]["outputs"]
+    print(f"tpwng score: outputs in {a.out}/: {', '.join(Path(f).name for f in outputs.values())}",
+          file=sys.stderr, flush=True)
 
 
 def cmd_view(a: argparse.Namespace) -> None:
@@ -210,6 +259,14 @@ def cmd_bench(a: argparse.Namespace) -> None:
         settings = ExtractionSettings(batch_size=a.batch_size, decode_workers=a.workers)
         out = Path(a.out or f"benchmarks/memory-{host}.json")
         bench_memory(Path(a.workdir) / "bench-videos", settings, out)
+    elif a.what == "live":
+        from tpwng.bench import bench_live, long_video
+
+        video = (Path(a.videos[0]) if a.videos else
+                 long_video(Path(a.workdir) / f"live-{a.frames}f-1280x720.mp4",
+                            max(1, a.frames // 25), 25.0, 1280, 720))
+        out = Path(a.out or f"benchmarks/live-{host}.json")
+        bench_live(video, [ClipSpec("tpwng-tiny-ViT-B-16", "none", 0), spec], out)
     else:
         out = Path(a.out or f"benchmarks/train-{host}.json")
         bench_train(a.n_videos, spec, a.epochs, a.train_batch, out=out, max_steps=a.steps)
@@ -258,19 +315,34 @@ def build_parser() -> argparse.ArgumentParser:
     add("ablation-table", cmd_ablation_table, "one ablation table from its rows' metrics",
         settings, ("--table", req), ("--out", req), ("--plot", {}),
         ("metrics", {"nargs": "+", "help": "each row's *_metrics.json, in row order"}))
-    add("score", cmd_score, "score your own videos with a trained model",
-        ("target", {"metavar": "VIDEO_OR_DIR", "help": "a video, or a folder of videos"}),
+    add("score", cmd_score, "score your own videos, streams or cameras with a trained model",
+        ("target", {"metavar": "SOURCE",
+                    "help": "a video, a folder of videos, or (with --stream) a live source: an "
+                            "http(s)://, rtsp://, rtmp:// or udp:// URL or /dev/videoN"}),
         ("--model", {"required": True, "help": "a trained checkpoint, e.g. models/ucf/tpwng.pt"}),
         ("--out", {"default": "scores", "help": "output folder (default: scores)"}),
         ("--threshold", {"type": float, "default": 0.5, "help": "anomaly score threshold"}),
         ("--min-length", {"type": float, "default": 0.0,
                           "help": "shortest reported interval in seconds (default 0)"}),
         ("--stream", {"action": "store_true",
-                      "help": "score snippet by snippet, printing each score as it is decided"}),
+                      "help": "score snippet by snippet, printing each score as it is decided "
+                              "(a live source: one JSON line per snippet)"}),
         ("--device", {"default": "auto", "help": "auto, cpu, cuda, cuda:1, ..."}),
         ("--html", {"action": "store_true",
                     "help": "also write <video>.html per video (video + score timeline) and, "
-                            "for a folder, index.html"}))
+                            "for a folder, index.html"}),
+        ("--timeout", {"type": float, "metavar": "SECONDS",
+                       "help": "live source: give up an open or a read after this long without "
+                               "data (default 10)"}),
+        ("--reconnect", {"type": int, "metavar": "N",
+                         "help": "live source: reopen it up to N times after it drops, each "
+                                 "try waiting up to --timeout (default 0: its end is the end)"}),
+        ("--alert-threshold", {"type": float, "metavar": "X",
+                               "help": "live source: also print alert_start / alert_end lines "
+                                       "where the snippet score crosses X up / down"}),
+        ("--threads", {"type": int, "metavar": "N",
+                       "help": "live source: torch's CPU threads beside the decoding thread "
+                               "(default: the usable CPUs less one)"}))
     add("view", cmd_view, "test-set score pages beside the videos; or serve pages",
         ("--manifest", {"help": "data/NAME/manifest.tsv"}),
         ("--scores", {"help": "results/NAME/scores.h5"}),
@@ -284,8 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                "(seeking works) instead"}),
         ("--port", {"type": int, "default": 8000, "help": "with --serve (default 8000)"}),
         ("--bind", {"default": "127.0.0.1", "help": "with --serve (default 127.0.0.1)"}))
-    b = sub.add_parser("bench", help="benchmarks: extraction rates, training speed")
-    b.add_argument("what", choices=["extract", "train", "memory"])
+    b = sub.add_parser("bench", help="benchmarks: extraction rates, training speed, live "
+                                     "scoring latency")
+    b.add_argument("what", choices=["extract", "train", "memory", "live"])
     b.add_argument("videos", nargs="*", help="videos or folders (default: a generated set)")
     b.add_argument("--model", default="ViT-B-16")
     b.add_argument("--pretrained", default="none", help="none: random weights (speed only)")

@@ -142,6 +142,11 @@ def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def write_table(path: str | Path, table: pd.DataFrame, index: bool = False) -> None:
-    """Write a table as TSV (header, one row per line) to `path` durably."""
-    write_text(path, table.to_csv(sep="\t", index=index, lineterminator="\n"))
+def write_table(path: str | Path, table: pd.DataFrame, index: bool = False,
+                unquoted: bool = False) -> None:
+    """Write a table as TSV (header, one row per line) to `path` durably; `unquoted` writes
+    every field as it is (for fields such as JSON that hold quotes but never tabs)."""
+    import csv
+
+    write_text(path, table.to_csv(sep="\t", index=index, lineterminator="\n",
+                                  quoting=csv.QUOTE_NONE if unquoted else csv.QUOTE_MINIMAL))

@@ -17,11 +17,9 @@ import csv
 import logging
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
 
 from tpwng import RESOURCES
 from tpwng.features.video import VideoError
@@ -197,18 +195,6 @@ def xd_classes_from_name(video_id: str) -> list[str]:
     if not classes or (NORMAL in classes and len(classes) > 1):
         raise DatasetError(f"XD-Violence video {video_id}: invalid label codes {codes}")
     return classes
-
-
-def frame_labels(intervals: Iterable[Interval], n_frames: int) -> np.ndarray:
-    """Per-frame 0/1 ground truth (uint8) of a video with ``n_frames`` frames."""
-    labels = np.zeros(int(n_frames), dtype=np.uint8)
-    for start, end in intervals:
-        if start < 0 or end < start:
-            raise DatasetError(f"bad interval {start}-{end} (need 0 <= start <= end)")
-        if end > n_frames:
-            raise DatasetError(f"interval {start}-{end} lies beyond the video's {n_frames} frames")
-        labels[start:end] = 1
-    return labels
 
 
 # --------------------------------------------------------------------------- path resolution

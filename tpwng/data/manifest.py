@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = [
     "video_id", "path", "split", "label", "classes", "intervals", "frames", "fps", "width",
-    "height",
+    "height", "decoder",
 ]
+MANIFEST_DECODERS = ("decord", "pyav", "none")  # none: released features, nothing decoded
 SKIPPED_COLUMNS = ["video_id", "path", "split", "label", "reason"]
 BAD_VIDEO_ACTIONS = ("error", "skip")
 
@@ -49,6 +50,7 @@ class ManifestRow(VideoEntry):
     fps: float
     width: int
     height: int
+    decoder: str = "decord"  # what extraction decodes it with (tpwng.features.routing)
 
 
 
@@ -179,6 +181,7 @@ def build_manifest(
         rows.append(ManifestRow(
             entry.video_id, entry.path, entry.split, list(entry.classes), intervals,
             int(info.frames), float(info.fps), int(info.width), int(info.height),
+            info.decoder,
         ))
     if bad and on_bad_video == "error":
         raise _bad_video_error(bad, len(entries))
@@ -230,14 +233,16 @@ def make_manifest(settings: dict, out: str | os.PathLike[str],
 
         probe = released_probe(settings)
     else:
+        setting = ex.get("decoder", "auto")
+
         def probe(path: str) -> VideoInfo:
-            return probe_video(path, timeout=timeout)
+            return probe_video(path, timeout=timeout, decoder_setting=setting)
 
         if skip:
             def check(path: str, info: VideoInfo) -> None:
                 check_decodable(path, info.frames, int(ex.get("stride", 16)),
                                 ex.get("sample", "center"), int(ex.get("decode_chunk", 32)),
-                                timeout)
+                                timeout, info.decoder)
     skipped: list[SkippedVideo] = []
     cuts: list[AnnotationCut] = []
     tolerance = annotation_tolerance(settings)
@@ -323,7 +328,7 @@ def _row_fields(row: ManifestRow) -> list[str]:
     fields = [
         row.video_id, row.path, row.split, row.label, "|".join(row.classes),
         ";".join(f"{s}-{e}" for s, e in row.intervals), str(int(row.frames)),
-        repr(float(row.fps)), str(int(row.width)), str(int(row.height)),
+        repr(float(row.fps)), str(int(row.width)), str(int(row.height)), row.decoder,
     ]
     for text in fields:
         if "\t" in text or "\n" in text or "\r" in text:
@@ -377,6 +382,9 @@ def read_manifest(path: str | os.PathLike[str]) -> list[ManifestRow]:
             fps = float(value["fps"])
         except ValueError:
             raise DatasetError(f"{where}: frames/fps/width/height must be numbers") from None
+        if value["decoder"] not in MANIFEST_DECODERS:
+            raise DatasetError(f"{where}: decoder must be one of {MANIFEST_DECODERS}, got "
+                               f"{value['decoder']!r}")
         if value["split"] not in SPLITS:
             raise DatasetError(f"{where}: split must be train or test, got {value['split']!r}")
         classes = [c for c in value["classes"].split("|") if c]
@@ -385,6 +393,7 @@ def read_manifest(path: str | os.PathLike[str]) -> list[ManifestRow]:
         row = ManifestRow(
             value["video_id"], value["path"], value["split"], classes,
             _parse_manifest_intervals(value["intervals"], where), frames, fps, width, height,
+            value["decoder"],
         )
         if row.label != value["label"]:
             raise DatasetError(f"{where}: label {value['label']!r} contradicts classes "

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from tpwng.data.grid import snippet_fractions
+
 
 def bin_edges(n: int, max_len: int) -> np.ndarray:
     """Edges of `max_len` uniform bins over `n` snippets (n > max_len)."""
@@ -52,13 +54,7 @@ class TrainVideo:
 
 def snippet_truth(frame_labels: np.ndarray, stride: int, max_len: int) -> np.ndarray:
     """Per-snippet truth (majority of frames anomalous), then capped like the features."""
-    n = len(frame_labels)
-    n_snip = -(-n // stride)
-    padded = np.zeros(n_snip * stride, dtype=np.float64)
-    padded[:n] = frame_labels
-    counts = np.minimum(np.arange(1, n_snip + 1) * stride, n) - np.arange(n_snip) * stride
-    frac = padded.reshape(n_snip, stride).sum(1) / counts
-    return (cap_length(frac, max_len) >= 0.5).astype(np.uint8)
+    return (cap_length(snippet_fractions(frame_labels, stride), max_len) >= 0.5).astype(np.uint8)
 
 
 def epoch_batches(n_normal: int, n_anomalous: int, b_normal: int, b_anomalous: int,

@@ -153,16 +153,17 @@ def assemble_table(table: str, settings: dict, metric_files: list[Path]) -> list
     return out
 
 
-def write_table(rows: list[dict[str, str]], path: Path) -> None:
-    """Write rows as a TSV with a header (atomically)."""
-    from tpwng.files import write_lines
+def write_rows(rows: list[dict[str, str]], path: Path) -> None:
+    """Write ablation rows as a TSV with a header, fields unquoted (atomically)."""
+    import pandas as pd
 
-    write_lines(path, ["\t".join(TABLE_COLUMNS)]
-                + ["\t".join(r[c] for c in TABLE_COLUMNS) for r in rows])
+    from tpwng.files import write_table
+
+    write_table(path, pd.DataFrame(rows, columns=list(TABLE_COLUMNS), dtype=str), unquoted=True)
 
 
 def read_table(path: Path) -> list[dict[str, str]]:
-    """Rows of a table TSV written by `write_table`."""
+    """Rows of a table TSV written by `write_rows`."""
     header, *lines = Path(path).read_text().splitlines()
     return [dict(zip(header.split("\t"), line.split("\t"), strict=True)) for line in lines]
 
@@ -199,7 +200,7 @@ def build_table(table: str, settings: dict, metric_files: list[Path], out: Path,
                 plot: Path | None = None) -> list[dict[str, str]]:
     """Assemble, write and (optionally) plot one ablation table."""
     rows = assemble_table(table, settings, metric_files)
-    write_table(rows, out)
+    write_rows(rows, out)
     if plot is not None:
         source = paper_tables()[table]["source"]
         plot_table(rows, plot, f"{settings['name']}: {table} (paper {source})")
@@ -233,13 +234,9 @@ def summary_table(table_files: list[Path], baselines: Path | None = None) -> pd.
 
 def write_summary(table_files: list[Path], out: Path, baselines: Path | None = None) -> None:
     """Write `summary_table` as a TSV, fields unquoted as in the single tables (atomically)."""
-    import csv
+    from tpwng.files import write_table
 
-    from tpwng.files import write_text
-
-    frame = summary_table(table_files, baselines)
-    write_text(out, frame.to_csv(sep="\t", index=False, lineterminator="\n",
-                                 quoting=csv.QUOTE_NONE))
+    write_table(out, summary_table(table_files, baselines), unquoted=True)
 
 
 def main(argv: list[str] | None = None) -> int:

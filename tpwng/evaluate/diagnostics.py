@@ -9,10 +9,10 @@ import numpy as np
 import torch
 
 from tpwng.data.datasets import load_interval_file
+from tpwng.data.grid import expand_to_frames, frame_labels, snippet_fractions
 from tpwng.data.manifest import read_manifest
 from tpwng.data.sequences import cap_length, pad_batch
 from tpwng.evaluate.inference import load_model, pick_crop
-from tpwng.evaluate.metrics import expand_to_frames, intervals_to_labels
 from tpwng.evaluate.plots import plot_pseudo_labels, plot_similarities, plot_training_log
 from tpwng.features.store import FeatureStore
 from tpwng.train.loop import read_log
@@ -63,10 +63,10 @@ def diagnostics(settings: dict, manifest: Path, features: Path, model_path: Path
 
     def train_truth_of(r):
         iv = train_truth.get(r.video_id)
-        return None if iv is None else intervals_to_labels(iv, r.frames)
+        return None if iv is None else frame_labels(iv, r.frames)
 
     def test_truth_of(r):
-        return intervals_to_labels(r.intervals, r.frames)
+        return frame_labels(r.intervals, r.frames)
 
     with FeatureStore(features) as store:
         train_items = _similarity_items(model, store, rows, classes, crop, stride, "train",
@@ -86,7 +86,4 @@ def diagnostics(settings: dict, manifest: Path, features: Path, model_path: Path
 
 
 def _snippet_truth(frames: np.ndarray | None, stride: int) -> np.ndarray | None:
-    if frames is None:
-        return None
-    return np.array([frames[i : i + stride].mean() >= 0.5 for i in range(0, len(frames), stride)],
-                    dtype=np.uint8)
+    return None if frames is None else (snippet_fractions(frames, stride) >= 0.5).astype(np.uint8)

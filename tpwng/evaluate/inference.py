@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from tpwng.data.grid import expand_to_frames
 from tpwng.data.manifest import read_manifest
 from tpwng.device import resolve_device
-from tpwng.evaluate.metrics import expand_to_frames
 from tpwng.features.clip_backbone import ClipSpec, load_clip
 from tpwng.features.store import FeatureStore, StoreError, h5_create, open_sealed
 from tpwng.files import atomic_path

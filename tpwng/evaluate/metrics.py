@@ -33,44 +33,6 @@ DEFAULT_IOUS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)
 # --------------------------------------------------------------------------- frames and labels
 
 
-def expand_to_frames(snippet_scores: np.ndarray, n_frames: int, stride: int = 16) -> np.ndarray:
-    """Repeat each snippet score ``stride`` times and cut to ``n_frames``.
-
-    If the snippets cover fewer than ``n_frames`` frames, the tail is padded with the last score.
-    """
-    scores = np.asarray(snippet_scores, dtype=np.float64)
-    if scores.ndim != 1:
-        raise ValueError(f"snippet scores must be 1-D, got shape {scores.shape}")
-    if stride < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
-    if n_frames < 0:
-        raise ValueError(f"n_frames must be >= 0, got {n_frames}")
-    if n_frames == 0:
-        return np.zeros(0, dtype=np.float64)
-    if scores.size == 0:
-        raise ValueError(f"no snippet scores to expand to {n_frames} frames")
-    frames = np.repeat(scores, stride)[:n_frames]
-    if frames.size < n_frames:
-        frames = np.concatenate([frames, np.full(n_frames - frames.size, scores[-1])])
-    return frames
-
-
-def intervals_to_labels(intervals: Sequence[tuple[int, int]], n_frames: int) -> np.ndarray:
-    """Binary per-frame labels (uint8) from 0-based, end-exclusive anomaly intervals."""
-    if n_frames < 0:
-        raise ValueError(f"n_frames must be >= 0, got {n_frames}")
-    labels = np.zeros(n_frames, dtype=np.uint8)
-    for interval in intervals:
-        start, end = (int(v) for v in interval)
-        if start < 0 or end < start or end > n_frames:
-            raise ValueError(
-                f"interval ({start}, {end}) is not within a video of {n_frames} frames "
-                "(0-based, end-exclusive)"
-            )
-        labels[start:end] = 1
-    return labels
-
-
 def labels_to_intervals(labels: np.ndarray) -> list[tuple[int, int]]:
     """Maximal runs of non-zero labels as 0-based, end-exclusive ``(start, end)`` intervals.
 

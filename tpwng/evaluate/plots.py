@@ -75,7 +75,7 @@ def shade(ax: Axes, truth: np.ndarray | None, label: str = "ground truth") -> No
         ax.axvspan(start, end, color=TRUTH_COLOR, alpha=0.6, lw=0, label=label if k == 0 else None)
 
 
-def _spread(n: int, k: int) -> list[int]:
+def spread(n: int, k: int) -> list[int]:
     """``k`` indices spread evenly over ``range(n)`` (all of them when ``k >= n``)."""
     if k >= n:
         return list(range(n))
@@ -96,8 +96,8 @@ def select_videos(videos: Sequence[VideoResult], max_videos: int) -> list[VideoR
     n_normal = min(len(normal), max_videos // 2)
     n_anom = min(len(anomalous), max_videos - n_normal)
     n_normal = min(len(normal), max_videos - n_anom)
-    return [anomalous[i] for i in _spread(len(anomalous), n_anom)] + [
-        normal[i] for i in _spread(len(normal), n_normal)
+    return [anomalous[i] for i in spread(len(anomalous), n_anom)] + [
+        normal[i] for i in spread(len(normal), n_normal)
     ]
 
 

@@ -22,15 +22,16 @@ import torch
 from torch import nn
 
 from tpwng.data.datasets import VIDEO_EXTENSIONS
+from tpwng.data.grid import expand_to_frames, frame_labels, sample_indices, snippets_of
 from tpwng.device import resolve_device
 from tpwng.errors import CheckpointError
 from tpwng.evaluate.inference import load_model, pick_crop, score_features, snippet_class_probs
-from tpwng.evaluate.metrics import expand_to_frames, intervals_to_labels, score_segments
+from tpwng.evaluate.metrics import score_segments
 from tpwng.evaluate.plots import SCORE_COLOR, figure, shade
 from tpwng.features.clip_backbone import ClipSpec, load_clip
 from tpwng.features.extract import ExtractionSettings, ImageEncoder
 from tpwng.features.provenance import recorded_settings
-from tpwng.features.video import VideoError, VideoInfo, probe_video, read_frames, sample_indices
+from tpwng.features.video import VideoError, VideoInfo, probe_video, read_frames
 from tpwng.files import atomic_path, write_json
 from tpwng.model.tcsal import TCSAL, TCSALStream
 from tpwng.model.tpwng import TPWNG
@@ -226,6 +227,13 @@ class VideoScores:
     intervals: list[dict]
     class_probs: np.ndarray | None = None  # [snippets, k], column 0 = normal
     classes: list[str] = field(default_factory=list)
+    source: str = ""  # a live source (URL or device) recorded instead of ``path``
+    stem: str = ""  # the output files' stem (default: ``path``'s)
+
+    @property
+    def name(self) -> str:
+        """What was scored, as the outputs record it."""
+        return self.source or str(self.path)
 
 
 def detect_intervals(frame_scores: np.ndarray, fps: float, threshold: float,
@@ -241,7 +249,7 @@ def detect_intervals(frame_scores: np.ndarray, fps: float, threshold: float,
         iv = {"start_frame": s, "end_frame": e, "start_s": s / fps, "end_s": e / fps,
               "mean_score": mean, "max_score": float(frame_scores[s:e].max())}
         if class_probs is not None and classes:
-            within = class_probs[s // stride: -(-e // stride), 1:].mean(axis=0)
+            within = class_probs[snippets_of(s, e, stride), 1:].mean(axis=0)
             best = int(np.argmax(within))
             iv |= {"class": classes[best + 1], "class_probability": float(within[best])}
         out.append(iv)
@@ -279,7 +287,7 @@ def write_csv(result: VideoScores, path: Path) -> None:
 def plot_video_scores(result: VideoScores, path: Path, threshold: float) -> None:
     """Frame score curve with the detected intervals shaded and the threshold line."""
     n, fps = result.info.frames, result.info.fps
-    detected = intervals_to_labels([(iv["start_frame"], iv["end_frame"])
+    detected = frame_labels([(iv["start_frame"], iv["end_frame"])
                                     for iv in result.intervals], n)
     with figure(path, 1, 1, (9.0, 3.0)) as (_, axes):
         ax = axes[0, 0]
@@ -297,20 +305,20 @@ def plot_video_scores(result: VideoScores, path: Path, threshold: float) -> None
                 ax.text((iv["start_frame"] + iv["end_frame"]) / 2, 0.97,
                         f"{iv['class']} {iv['class_probability']:.2f}", ha="center",
                         va="top", fontsize=7, clip_on=True)
-        ax.set_title(result.path.name, fontsize=10)
+        ax.set_title(result.source or result.path.name, fontsize=10)
         ax.legend(loc="upper right", fontsize=8)
 
 
 def _video_record(result: VideoScores) -> dict:
     info = result.info
-    return {"path": str(result.path), **asdict(info),
+    return {"path": result.name, **asdict(info),
             "duration_s": info.frames / info.fps, "snippets": len(result.snippets)}
 
 
 def write_video_outputs(result: VideoScores, scorer: Scorer, options: ScoreOptions,
                         out_dir: Path) -> dict:
     """`<stem>_scores.csv`, `<stem>_scores.png` and `<stem>_intervals.json`; a summary entry."""
-    stem = result.path.stem
+    stem = result.stem or result.path.stem
     files = {"csv": out_dir / f"{stem}_scores.csv", "png": out_dir / f"{stem}_scores.png",
              "intervals": out_dir / f"{stem}_intervals.json"}
     write_csv(result, files["csv"])
@@ -332,7 +340,7 @@ def write_video_outputs(result: VideoScores, scorer: Scorer, options: ScoreOptio
         from tpwng.evaluate.viewer import write_scored_page
 
         files |= write_scored_page(result, files, options.threshold, scorer.extraction.stride)
-    return {"video": str(result.path), "frames": result.info.frames,
+    return {"video": result.name, "frames": result.info.frames,
             "duration_s": result.info.frames / result.info.fps,
             "max_score": float(result.frames.max()),
             "intervals": len(result.intervals),

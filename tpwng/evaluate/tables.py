@@ -13,6 +13,7 @@ import pandas as pd
 
 from tpwng import RESOURCES, __version__
 from tpwng.data.datasets import NORMAL
+from tpwng.data.grid import expand_to_frames, frame_labels, whole_snippet_frames
 from tpwng.data.manifest import ManifestRow, read_manifest
 from tpwng.evaluate.baselines import MilSettings, nearest_normal_distance, topk_mil_ranking
 from tpwng.evaluate.finegrained import (
@@ -27,14 +28,12 @@ from tpwng.evaluate.inference import pick_crop, read_class_probs, read_scores, r
 from tpwng.evaluate.metrics import (
     VideoResult,
     anomalous_only_auc,
-    expand_to_frames,
     false_alarm_rate,
     frame_ap,
     frame_auc,
-    intervals_to_labels,
     metrics_table,
 )
-from tpwng.evaluate.plots import plot_roc_pr, plot_score_curves
+from tpwng.evaluate.plots import plot_roc_pr, plot_score_curves, spread
 from tpwng.features.provenance import expected_store_provenance
 from tpwng.features.store import FeatureStore
 from tpwng.files import write_json, write_table
@@ -77,13 +76,13 @@ def video_results(manifest: Path, scores: Path, frames: str = "video") -> list[V
         if frames == "video":
             values, n = frame_scores[v], rows[v].frames
         else:
-            values = np.repeat(snippet_scores[v].astype(np.float64), stride)
+            values = whole_snippet_frames(snippet_scores[v], stride)
             n = len(values)
             if n < rows[v].frames:
                 raise ValueError(f"{scores}: video {v} has {len(snippet_scores[v])} snippets of "
                                  f"{stride} frames, fewer than its {rows[v].frames} frames")
         out.append(VideoResult(v, list(rows[v].classes), values,
-                               intervals_to_labels(rows[v].intervals, n)))
+                               frame_labels(rows[v].intervals, n)))
     return out
 
 
@@ -221,11 +220,6 @@ BASELINE_SCORES = {
 CALIBRATION_VIDEOS = 32  # at most this many normal and anomalous training videos calibrate
 
 
-def _spread(n: int, k: int) -> list[int]:
-    """``min(n, k)`` indices spread evenly over ``range(n)`` (deterministic)."""
-    return sorted({int(i) for i in np.linspace(0, n - 1, min(n, k)).round()}) if n else []
-
-
 def nearest_normal_calibration(
     train: Sequence[np.ndarray], labels: Sequence[int], max_videos: int = CALIBRATION_VIDEOS,
     k_divisor: int = 16,
@@ -247,8 +241,8 @@ def nearest_normal_calibration(
     normal, anomalous = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
     if len(normal) < 2 or len(anomalous) == 0:
         return None
-    held = [int(normal[i]) for i in _spread(len(normal), max_videos)]
-    picked = [int(anomalous[i]) for i in _spread(len(anomalous), max_videos)]
+    held = [int(normal[i]) for i in spread(len(normal), max_videos)]
+    picked = [int(anomalous[i]) for i in spread(len(anomalous), max_videos)]
     distances = [nearest_normal_distance([train[j] for j in normal if j != i],
                                          [0] * (len(normal) - 1), [train[i]])[0] for i in held]
     distances += nearest_normal_distance([train[j] for j in normal], [0] * len(normal),

@@ -77,7 +77,7 @@ def video_stats(frame_scores: np.ndarray, threshold: float,
     truth) and missed frames (true frames < threshold)."""
     from sklearn.metrics import roc_auc_score
 
-    from tpwng.evaluate.metrics import intervals_to_labels
+    from tpwng.data.grid import frame_labels
 
     scores = np.asarray(frame_scores, dtype=np.float64)
     above = scores >= threshold
@@ -86,7 +86,7 @@ def video_stats(frame_scores: np.ndarray, threshold: float,
                  "mean": float(finite.mean()) if finite.size else None,
                  "above": int(above.sum())}
     if truth is not None:
-        labels = intervals_to_labels(truth, scores.size).astype(bool)
+        labels = frame_labels(truth, scores.size).astype(bool)
         both = labels.any() and not labels.all() and finite.size == scores.size
         out |= {"truth_frames": int(labels.sum()),
                 "false_alarms": int((above & ~labels).sum()),

@@ -20,12 +20,13 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
+from tpwng.data.grid import sample_indices
 from tpwng.device import encoder_dtype, resolve_device
 from tpwng.features.clip_backbone import ClipSpec, load_clip
 from tpwng.features.preprocess import n_crops, preprocess
 from tpwng.features.provenance import extracted_provenance
 from tpwng.features.store import StoreWriter
-from tpwng.features.video import DECODE_TIMEOUT, read_frames, sample_indices
+from tpwng.features.video import DECODE_TIMEOUT, read_frames
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +57,16 @@ class VideoJob:
     frames: int
     fps: float
     indices: np.ndarray = field(repr=False)
+    decoder: str = "auto"  # the manifest's choice; auto: routed when opened (features.routing)
 
 
 def plan_jobs(rows: Sequence, settings: ExtractionSettings) -> list[VideoJob]:
-    """One job per manifest row: which frames to sample."""
+    """One job per manifest row: which frames to sample, and with which decoder (the row's
+    ``decoder``; rows without one are routed when the video is opened)."""
     return [
         VideoJob(r.video_id, r.path, int(r.frames), float(r.fps),
-                 sample_indices(int(r.frames), settings.stride, settings.sample))
+                 sample_indices(int(r.frames), settings.stride, settings.sample),
+                 getattr(r, "decoder", "auto"))
         for r in rows
     ]
 
@@ -82,7 +86,7 @@ class DecodeStream(IterableDataset):
         for j in range(wid, len(self.jobs), nw):
             job = self.jobs[j]
             for off, frames in read_frames(job.path, job.indices, chunk=self.chunk,
-                                           timeout=self.timeout):
+                                           timeout=self.timeout, decoder=job.decoder):
                 yield j, off, torch.from_numpy(frames)
 
 
@@ -172,7 +176,9 @@ def extract(rows: Sequence, out: str | Path, spec: ClipSpec, settings: Extractio
     jobs = plan_jobs(rows, settings)
     prov = extracted_provenance(spec, identity, settings, dim, dataset) | {"shard": shard}
     workers = decode_workers_for(settings.decode_workers, threads)
-    log.info("%d videos, %d decoding processes", len(jobs), workers)
+    routed = sum(job.decoder == "pyav" for job in jobs)
+    log.info("%d videos (%d decoded in order with PyAV, the rest with decord), %d decoding "
+             "processes", len(jobs), routed, workers)
     loader = DataLoader(
         DecodeStream(jobs, settings.decode_chunk, settings.decode_timeout),
         batch_size=None,
@@ -210,7 +216,7 @@ def extract(rows: Sequence, out: str | Path, spec: ClipSpec, settings: Extractio
                 if remaining[j] == 0:
                     job = jobs[j]
                     writer.add(job.video_id, pending.pop(j), frames=job.frames, fps=job.fps,
-                               crop_ids=list(range(encoder.crops)))
+                               crop_ids=list(range(encoder.crops)), decoder=job.decoder)
             bar.update(pos)
             batch_slots.clear()
             n_batch = 0

@@ -57,7 +57,8 @@ def released_probe(settings: dict):
         if not crops:
             raise StoreError(f"no released features <{vid}>__<crop>.npy for video {path}")
         arr = np.load(next(iter(crops.values())), mmap_mode="r")
-        return VideoInfo(frames=int(arr.shape[0]) * stride, fps=float("nan"), width=0, height=0)
+        return VideoInfo(frames=int(arr.shape[0]) * stride, fps=float("nan"), width=0, height=0,
+                         decoder="none", route="released features")
 
     return probe
 

@@ -1,20 +1,24 @@
-"""Video decoding with decord: probing, snippet sampling and chunked reading.
+"""Video decoding: probing, routing to decord or PyAV, and chunked reading.
+
+decord reads most videos, seeking to the frames asked for; the streams it misreads (MPEG-4
+Part 2 with B-frames, open GOPs) are decoded in order with PyAV instead (`routing`,
+`pyav_reader`; ``extraction.decoder``).
 
 A snippet is `stride` consecutive frames (16 by convention); one frame is sampled per snippet.
 Frames are read in bounded chunks so that memory does not grow with the video's length.
 
-Every decord call runs in a decoding child process, and the calling process waits for its
-answer with a deadline (`timeout`, `extraction.decode_timeout` in the config). decord can hang
-for ever while holding the GIL (a container that reports more frames than it holds), crash on
-damaged files, or grow without bound on some files: none of that can be caught inside the
-process that runs it, all of it can be from outside. A call that passes its deadline or whose
-child dies is one `VideoError` naming the file; the child is killed and the next call starts a
-fresh one. The child also dies with its parent, and is replaced when its memory grows beyond
-`HELPER_MAX_RSS`. `timeout=None` decodes in the calling process (no deadline).
+Every decoding call (decord or PyAV) runs in a decoding child process, and the calling process
+waits for its answer with a deadline (`timeout`, `extraction.decode_timeout` in the config).
+decord can hang for ever while holding the GIL (a container that reports more frames than it
+holds), crash on damaged files, or grow without bound on some files: none of that can be caught
+inside the process that runs it, all of it can be from outside. A call that passes its deadline
+or whose child dies is one `VideoError` naming the file; the child is killed and the next call
+starts a fresh one. The child also dies with its parent, and is replaced when its memory grows
+beyond `HELPER_MAX_RSS`. `timeout=None` decodes in the calling process (no deadline).
 
-Probing refuses files on which decord returns wrong frames without an error: no usable frame
-timestamps (it then returns blank frames) and edit lists that trim the start (it then returns
-shifted frames).
+Probing refuses files left to decord on which it returns wrong frames without an error: no
+usable frame timestamps (it then returns blank frames) and edit lists that trim the start (it
+then returns shifted frames).
 """
 
 from __future__ import annotations
@@ -39,11 +43,15 @@ from pathlib import Path
 
 import numpy as np
 
-SAMPLE_MODES = ("center", "start")
+from tpwng.data.grid import sample_indices
+from tpwng.features.pyav_reader import SequentialReader
+from tpwng.features.routing import choose_decoder, inspect_stream
+
 DECODE_TIMEOUT = 600.0  # seconds one decoding call (open, probe, one chunk) may take
 HELPER_MAX_RSS = 2 << 30  # a decoding child using more memory is replaced between videos
 # The decoding child: the parent's pid follows, so that the child can die with it.
-HELPER_COMMAND = [sys.executable, "-c", "from tpwng.features.video import serve; serve()"]
+HELPER_COMMAND = [sys.executable, "-c",
+                  "from tpwng.features.video import serve_decoding; serve_decoding()"]
 
 
 class VideoError(RuntimeError):
@@ -67,28 +75,8 @@ class VideoInfo:
     fps: float
     width: int
     height: int
-
-
-def snippet_count(n_frames: int, stride: int = 16) -> int:
-    """Snippets covering every frame: the last one may be partial."""
-    return math.ceil(n_frames / stride)
-
-
-def sample_indices(n_frames: int, stride: int = 16, mode: str = "center") -> np.ndarray:
-    """Index of the frame sampled from each snippet.
-
-    `center` takes the middle frame of the snippet's available frames (start + len // 2),
-    `start` its first frame. A partial last snippet uses only the frames it has.
-    """
-    if mode not in SAMPLE_MODES:
-        raise ValueError(f"sample mode must be one of {SAMPLE_MODES}, got {mode!r}")
-    if n_frames <= 0:
-        return np.zeros(0, dtype=np.int64)
-    starts = np.arange(0, n_frames, stride, dtype=np.int64)
-    if mode == "start":
-        return starts
-    lengths = np.minimum(starts + stride, n_frames) - starts
-    return starts + lengths // 2
+    decoder: str = "decord"  # which decoder reads it (tpwng.features.routing)
+    route: str = ""  # why that decoder
 
 
 def chunk_size_for(width: int, height: int, max_chunk: int, budget_bytes: int) -> int:
@@ -158,7 +146,22 @@ def _check_timestamps(vr, path: str | Path, n: int) -> None:
                          "frames; re-encode it (e.g. ffmpeg -i IN -c:v libx264 OUT.mp4)")
 
 
-def _probe_here(path: str | Path) -> VideoInfo:
+def _route(path: str | Path, setting: str) -> tuple[str, str]:
+    """(decoder, why) for `path` under ``extraction.decoder`` = `setting` (a VideoError when
+    decord is asked for a video it misreads)."""
+    if setting == "pyav":
+        return choose_decoder(None, setting)
+    try:
+        facts = inspect_stream(path)
+    except Exception as exc:  # noqa: BLE001 - PyAV raises its own error types
+        raise VideoError(f"{path}: its stream cannot be inspected ({_first_line(exc)})") from exc
+    try:
+        return choose_decoder(facts, setting)
+    except ValueError as exc:
+        raise VideoError(f"{path}: {exc}") from None
+
+
+def _probe_here(path: str | Path, setting: str = "auto") -> VideoInfo:
     vr = _open(path)
     n = len(vr)
     if n <= 0:
@@ -170,8 +173,10 @@ def _probe_here(path: str | Path) -> VideoInfo:
     fps = float(vr.get_avg_fps())
     if not (math.isfinite(fps) and fps > 0):
         raise VideoError(f"{path}: the video reports an invalid frame rate ({fps})")
-    _check_timestamps(vr, path, n)
-    return VideoInfo(frames=n, fps=fps, width=int(w), height=int(h))
+    decoder, why = _route(path, setting)
+    if decoder == "decord":  # PyAV decodes in order: decord's timestamps do not matter to it
+        _check_timestamps(vr, path, n)
+    return VideoInfo(frames=n, fps=fps, width=int(w), height=int(h), decoder=decoder, route=why)
 
 
 class _Reader:
@@ -180,12 +185,22 @@ class _Reader:
     def __init__(self) -> None:
         self.path: str | None = None
         self.vr = None
+        self.sequential: SequentialReader | None = None
         self.shape = (0, 1, 1)
 
-    def open(self, path: str) -> tuple[int, int, int]:
-        """(frames, height, width) of `path`, opening it unless it is the open one."""
+    def open(self, path: str, decoder: str = "auto") -> tuple[int, int, int]:
+        """(frames, height, width) of `path`, opening it unless it is the open one; frames is
+        -1 where PyAV reads it (its count is known only at the end)."""
         if self.path != path:
             self.close()
+            if decoder == "auto":
+                decoder, _ = _route(path, decoder)
+            if decoder == "pyav":
+                reader = SequentialReader(path, VideoError)
+                ctx = reader.container.streams.video[0].codec_context
+                self.sequential, self.path = reader, path
+                self.shape = (-1, int(ctx.height), int(ctx.width))
+                return self.shape
             vr = _open(path)
             n = len(vr)
             try:
@@ -197,7 +212,9 @@ class _Reader:
         return self.shape
 
     def read(self, path: str, idx: list[int]) -> np.ndarray:
-        n, _, _ = self.open(path)
+        if self.path == path and self.sequential is not None:
+            return self.sequential.read(idx)
+        n, _, _ = self.open(path, "decord")
         if idx and max(idx) >= n:
             raise VideoError(f"{path}: asked for frame {max(idx)} but the video has {n} frames "
                              "(was the file replaced after the manifest was made?)")
@@ -208,15 +225,17 @@ class _Reader:
                 f"{path}: decoding failed near frame {idx[0]} ({_first_line(exc)})") from exc
 
     def close(self) -> None:
-        self.vr, self.path, self.shape = None, None, (0, 1, 1)
+        if self.sequential is not None:
+            self.sequential.close()
+        self.vr, self.sequential, self.path, self.shape = None, None, None, (0, 1, 1)
 
 
 def _handle(reader: _Reader, request: tuple):
     op, *args = request
     if op == "probe":
-        return _probe_here(args[0])
+        return _probe_here(*args)
     if op == "open":
-        return reader.open(args[0])
+        return reader.open(*args)
     if op == "read":
         return reader.read(args[0], args[1])
     if op == "close":
@@ -290,7 +309,7 @@ def _receive(fd: int, deadline: float | None):
     return pickle.loads(parts[0], buffers=parts[1:])
 
 
-def serve() -> None:
+def serve_decoding() -> None:
     """The decoding child: answer (op, args...) requests from stdin on the original stdout."""
     _die_with_parent(int(sys.argv[1]) if len(sys.argv) > 1 else 0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when this process ends
@@ -400,7 +419,7 @@ class Decoder:
 _DECODERS: dict[int, Decoder] = {}
 
 
-def decoder() -> Decoder:
+def decoding_child() -> Decoder:
     """This process's decoding child (a forked process never uses its parent's)."""
     pid = os.getpid()
     dec = _DECODERS.get(pid)
@@ -419,20 +438,24 @@ def shutdown_decoder() -> None:
         dec.stop()
 
 
-def probe_video(path: str | Path, timeout: float | None = DECODE_TIMEOUT) -> VideoInfo:
-    """Frame count, frame rate and size of a video (a VideoError names what is wrong)."""
+def probe_video(path: str | Path, timeout: float | None = DECODE_TIMEOUT,
+                decoder_setting: str = "auto") -> VideoInfo:
+    """Frame count, frame rate, size and decoder of a video (a VideoError names what is
+    wrong); `decoder_setting` is ``extraction.decoder`` (tpwng.features.routing)."""
     if timeout is None:
-        return _probe_here(path)
-    return decoder().call(("probe", str(path)), timeout, path, "probing the video")
+        return _probe_here(path, decoder_setting)
+    return decoding_child().call(("probe", str(path), decoder_setting), timeout, path,
+                          "probing the video")
 
 
 def read_frames(
     path: str | Path, indices: np.ndarray, chunk: int = 32, budget_bytes: int = 64 << 20,
-    timeout: float | None = DECODE_TIMEOUT,
+    timeout: float | None = DECODE_TIMEOUT, decoder: str = "auto",
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (offset, frames) with frames uint8 [n, H, W, 3] for `indices`, a chunk at a time.
 
-    Each decoding call must finish within `timeout` seconds (None: decode here, unbounded).
+    `decoder` is ``decord``, ``pyav`` or ``auto`` (routed as `probe_video` routes). Each
+    decoding call must finish within `timeout` seconds (None: decode here, unbounded).
     """
     indices = np.asarray(indices, dtype=np.int64)
     if timeout is None:
@@ -441,15 +464,15 @@ def read_frames(
         def call(request: tuple, what: str):
             return _handle(reader, request)
     else:
-        dec = decoder()
+        dec = decoding_child()
         if dec.rss() > HELPER_MAX_RSS:
             dec.stop()  # decord's memory grows on some files: start afresh between videos
 
         def call(request: tuple, what: str):
             return dec.call(request, timeout, path, what)
 
-    n_frames, h, w = call(("open", str(path)), "opening the video")
-    if len(indices) and int(indices.max()) >= n_frames:
+    n_frames, h, w = call(("open", str(path), decoder), "opening the video")
+    if len(indices) and 0 <= n_frames <= int(indices.max()):
         raise VideoError(
             f"{path}: asked for frame {int(indices.max())} but the video has {n_frames} frames"
         )
@@ -464,8 +487,9 @@ def read_frames(
 
 
 def check_decodable(path: str | Path, frames: int, stride: int = 16, sample: str = "center",
-                    chunk: int = 32, timeout: float | None = DECODE_TIMEOUT) -> None:
+                    chunk: int = 32, timeout: float | None = DECODE_TIMEOUT,
+                    decoder: str = "auto") -> None:
     """Decode every frame extraction will sample; raise VideoError if any cannot be."""
     for _ in read_frames(path, sample_indices(frames, stride, sample), chunk=chunk,
-                         timeout=timeout):
+                         timeout=timeout, decoder=decoder):
         pass

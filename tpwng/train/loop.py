@@ -15,6 +15,7 @@ from tqdm import tqdm
 from tpwng import __version__
 from tpwng.config import training_hash
 from tpwng.data.datasets import DatasetError, load_interval_file
+from tpwng.data.grid import frame_labels
 from tpwng.data.manifest import read_manifest
 from tpwng.data.sequences import TrainVideo, cap_length, epoch_batches, pad_batch, snippet_truth
 from tpwng.device import resolve_device
@@ -59,9 +60,8 @@ def load_train_videos(settings: dict, manifest: Path, features: Path) -> list[Tr
                 raise StoreError(f"{features}: features of {r.video_id} contain NaN or inf")
             t = None
             if r.video_id in truth:
-                from tpwng.evaluate.metrics import intervals_to_labels
 
-                t = snippet_truth(intervals_to_labels(truth[r.video_id], r.frames), stride,
+                t = snippet_truth(frame_labels(truth[r.video_id], r.frames), stride,
                                   max_len)
             videos.append(TrainVideo(r.video_id, cap_length(feats, max_len).astype(np.float16),
                                      list(r.classes), r.frames, feats.shape[0], t))
