@@ -30,7 +30,7 @@ import pytest
 import torch
 
 from tests.test_score_video import STRIDE, _train
-from tpwng.bench import long_video
+from tpwng.bench import free_port, long_video, loopback_server
 from tpwng.cli import main
 from tpwng.data.grid import sample_indices
 from tpwng.evaluate.inference import pick_crop, score_features, snippet_class_probs
@@ -78,27 +78,6 @@ def offline(scorer, video):
 # --------------------------------------------------------------------------- helpers
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _listening(port: int) -> bool:
-    """Whether some process listens on the TCP port (from /proc: connecting would take
-    ffmpeg's only client slot)."""
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            rows = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            local, state = row.split()[1], row.split()[3]
-            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
-                return True
-    return False
-
-
 def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -107,21 +86,9 @@ def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-@contextmanager
-def _ffmpeg_server(video: Path, port: int, *output_args: str) -> Iterator[subprocess.Popen]:
+def _ffmpeg_server(video: Path, port: int, *output_args: str):
     """ffmpeg serving ``video`` in real time to one HTTP client as MPEG-TS (stream copy)."""
-    proc = subprocess.Popen([FFMPEG, "-hide_banner", "-loglevel", "error", "-re", "-i",
-                             str(video), *output_args, "-c", "copy", "-f", "mpegts",
-                             "-listen", "1", f"http://127.0.0.1:{port}"],
-                            stdin=subprocess.DEVNULL)
-    try:
-        _wait(lambda: _listening(port) or proc.poll() is not None, 10, "ffmpeg listening")
-        assert proc.poll() is None, "ffmpeg exited before listening"
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
+    return loopback_server(video, port, *output_args, ffmpeg=FFMPEG)
 
 
 @contextmanager
@@ -178,6 +145,13 @@ def _http_server(files: dict[str, bytes]) -> Iterator[str]:
 
 def _cli(*args: object) -> list[str]:
     return [sys.executable, "-m", "tpwng.cli", "score", *map(str, args)]
+
+
+def _live_process(port: int, model: Path, out: Path, *args: object) -> subprocess.Popen:
+    """`tpwng score http://127.0.0.1:PORT --stream` as a process (text stdout and stderr)."""
+    return subprocess.Popen(_cli(f"http://127.0.0.1:{port}", "--model", model, "--out", out,
+                                 "--stream", *args),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _run(capsys, *args: object) -> tuple[int, str, str]:
@@ -274,7 +248,7 @@ def test_live_scores_equal_offline_with_alerts(model, scorer, video, offline, tm
     n = len(scores)
     assert FRAMES % STRIDE and n > 2 * 5  # a partial last snippet; beyond the key window
     x = _threshold(scores)
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     t0 = time.monotonic()
     with _ffmpeg_server(video, port):
@@ -346,12 +320,10 @@ def test_live_scores_equal_offline_with_alerts(model, scorer, video, offline, tm
 
 @needs_ffmpeg
 def test_killed_server_leaves_partial_results(model, scorer, video, offline, tmp_path):
-    port = _free_port()
+    port = free_port()
     stem, out = f"127.0.0.1_{port}", tmp_path / "out"
     with _ffmpeg_server(video, port) as server:
-        proc = subprocess.Popen(_cli(f"http://127.0.0.1:{port}", "--model", model, "--out", out,
-                                     "--stream"),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = _live_process(port, model, out)
         try:
             _wait(lambda: len(_snippets(_read_lines(out / f"{stem}_live.jsonl"))) >= 4, 60,
                   "four scored snippets")
@@ -379,12 +351,10 @@ def test_killed_server_leaves_partial_results(model, scorer, video, offline, tmp
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @needs_ffmpeg
 def test_a_signal_writes_the_partial_results(model, scorer, video, tmp_path, sig):
-    port = _free_port()
+    port = free_port()
     stem, out = f"127.0.0.1_{port}", tmp_path / "out"
     with _ffmpeg_server(video, port):
-        proc = subprocess.Popen(_cli(f"http://127.0.0.1:{port}", "--model", model, "--out", out,
-                                     "--stream"),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = _live_process(port, model, out)
         try:
             _wait(lambda: len(_snippets(_read_lines(out / f"{stem}_live.jsonl"))) >= 3, 60,
                   "three scored snippets")
@@ -410,14 +380,12 @@ def test_a_signal_writes_the_partial_results(model, scorer, video, tmp_path, sig
 
 @needs_ffmpeg
 def test_reconnect_continues_the_frames_and_snippets(model, scorer, video, tmp_path):
-    port = _free_port()
+    port = free_port()
     stem, out = f"127.0.0.1_{port}", tmp_path / "out"
     proc = None
     try:
         with _ffmpeg_server(video, port, "-t", "2") as first:  # the first 2 s, then it ends
-            proc = subprocess.Popen(_cli(f"http://127.0.0.1:{port}", "--model", model, "--out",
-                                         out, "--stream", "--reconnect", 1, "--timeout", 5),
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            proc = _live_process(port, model, out, "--reconnect", 1, "--timeout", 5)
             first.wait(timeout=60)
         with _ffmpeg_server(video, port):  # the whole video on the same port
             _, err = proc.communicate(timeout=60)
@@ -448,7 +416,7 @@ def test_reconnect_continues_the_frames_and_snippets(model, scorer, video, tmp_p
 
 
 def test_a_server_that_never_sends_times_out(model, tmp_path, capsys):
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/cam"
     with _socket_server(port, None):
         t0 = time.monotonic()
@@ -463,7 +431,7 @@ def test_a_server_that_never_sends_times_out(model, tmp_path, capsys):
 
 
 def test_a_closed_port_is_refused_at_once(model, tmp_path, capsys):
-    url = f"rtsp://127.0.0.1:{_free_port()}/live"
+    url = f"rtsp://127.0.0.1:{free_port()}/live"
     t0 = time.monotonic()
     rc, _, err = _run(capsys, url, "--model", model, "--out", tmp_path, "--stream")
     assert rc == 2 and time.monotonic() - t0 < 10
@@ -509,7 +477,7 @@ def test_a_stream_that_stalls_times_out_with_partial_results(model, scorer, vide
     ts = tmp_path / "first2s.ts"
     subprocess.run([FFMPEG, "-hide_banner", "-loglevel", "error", "-i", str(video), "-t", "2",
                     "-c", "copy", "-f", "mpegts", str(ts)], check=True, timeout=60)
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     with _socket_server(port, b"HTTP/1.0 200 OK\r\n\r\n" + ts.read_bytes()):  # then nothing
         t0 = time.monotonic()

@@ -524,7 +524,14 @@ def live_scorer(spec: ClipSpec, stride: int = 16, classes: list[str] = LIVE_CLAS
                   logit_scale=model.logit_scale)
 
 
-def _listening(port: int) -> bool:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def listening(port: int) -> bool:
     """Whether a process listens on the loopback TCP port (from /proc: a test connection
     would take ffmpeg's only client)."""
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
@@ -536,36 +543,51 @@ def _listening(port: int) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def loopback_server(video: Path, port: int, *output_args: str, ffmpeg: str = "ffmpeg",
+                    wait: float = 10.0) -> Iterator:
+    """ffmpeg serving ``video`` in real time (``-re``) to one HTTP client on 127.0.0.1:`port`
+    as MPEG-TS (stream copy; ``output_args`` before the output, e.g. ``-t 2``); the process,
+    once it listens (a RuntimeError if it exits or does not listen within `wait` s)."""
+    import subprocess
+
+    proc = subprocess.Popen([ffmpeg, "-hide_banner", "-loglevel", "error", "-re", "-i",
+                             str(video), *output_args, "-c", "copy", "-f", "mpegts",
+                             "-listen", "1", f"http://127.0.0.1:{port}"],
+                            stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + wait
+        while not listening(port):
+            if proc.poll() is not None:
+                raise RuntimeError(f"ffmpeg exited ({proc.returncode}) before listening on "
+                                   f"port {port}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"ffmpeg did not listen on port {port} within {wait:g} s")
+            time.sleep(0.05)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+
+
 def _live_run(scorer, video: Path, ffmpeg: str | None) -> tuple[list[float], float]:
     """Per-snippet latencies of one live run of ``video`` and its wall time."""
-    import subprocess
     import tempfile
 
     from tpwng.evaluate.live import LiveOptions, score_live
     from tpwng.evaluate.score_video import ScoreOptions
 
     lines: list[str] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        source, live, server = str(video), LiveOptions(realtime=True), None
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        source, live = str(video), LiveOptions(realtime=True)
         if ffmpeg:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
+            port = free_port()
+            stack.enter_context(loopback_server(video, port, ffmpeg=ffmpeg))
             source, live = f"http://127.0.0.1:{port}", LiveOptions()
-            server = subprocess.Popen([ffmpeg, "-hide_banner", "-loglevel", "error", "-re", "-i",
-                                       str(video), "-c", "copy", "-f", "mpegts", "-listen", "1",
-                                       source], stdin=subprocess.DEVNULL)
-            deadline = time.monotonic() + 10
-            while not _listening(port) and time.monotonic() < deadline:
-                time.sleep(0.05)
         t0 = time.perf_counter()
-        try:
-            score_live(scorer, source, Path(tmp), ScoreOptions(stream=True), live,
-                       emit=lines.append, notify=lambda m: print(m, file=sys.stderr))
-        finally:
-            if server is not None:
-                server.kill()
-                server.wait()
+        score_live(scorer, source, Path(tmp), ScoreOptions(stream=True), live,
+                   emit=lines.append, notify=lambda m: print(m, file=sys.stderr))
         wall = time.perf_counter() - t0
     records = [json.loads(x) for x in lines]
     return [r["latency_s"] for r in records if r["event"] == "snippet"], wall

@@ -49,10 +49,10 @@ from tpwng.evaluate.score_video import (
     VideoScores,
     check_streamable,
     detect_intervals,
+    write_scores_summary,
     write_video_outputs,
 )
 from tpwng.features.video import VideoError, VideoInfo
-from tpwng.files import write_json
 
 LIVE_SCHEMES = ("http", "https", "rtsp", "rtmp", "udp")
 DEVICE = re.compile(r"/dev/video\d+")
@@ -547,8 +547,4 @@ def _write_outputs(session: _Session, scorer: Scorer, name: str, stem: str, out_
         return None
     entry = write_video_outputs(session.result(name, stem, options), scorer, options, out_dir)
     entry["outputs"]["live"] = str(jsonl)
-    summary = {"model": str(scorer.path), "target": name, "mode": options.mode,
-               "threshold": options.threshold, "min_length_s": options.min_length,
-               "videos": [entry]}
-    write_json(out_dir / "summary.json", summary)
-    return summary
+    return write_scores_summary(scorer.path, name, options, [entry], out_dir)

@@ -136,7 +136,8 @@ def snippet_features(scorer: Scorer, path: Path, info: VideoInfo,
     encoder batches."""
     ex = scorer.extraction
     chunk = 1 if stream else max(1, ex.batch_size // scorer.encoder.crops)
-    for _, frames in read_frames(path, sample_indices(info.frames, ex.stride, ex.sample), chunk):
+    for _, frames in read_frames(path, sample_indices(info.frames, ex.stride, ex.sample), chunk,
+                                 decoder=info.decoder):
         x = scorer.encoder.prepare(torch.from_numpy(frames))
         yield pick_crop(scorer.encoder.encode(x).numpy(), scorer.crop)
 
@@ -348,6 +349,16 @@ def write_video_outputs(result: VideoScores, scorer: Scorer, options: ScoreOptio
             "outputs": {k: str(p) for k, p in files.items()}}
 
 
+def write_scores_summary(model_path: Path, target: str, options: ScoreOptions,
+                         entries: list[dict], out_dir: Path) -> dict:
+    """`summary.json`: the model, what was scored, how, and one entry per video."""
+    summary = {"model": str(model_path), "target": target, "mode": options.mode,
+               "threshold": options.threshold, "min_length_s": options.min_length,
+               "videos": entries}
+    write_json(out_dir / "summary.json", summary)
+    return summary
+
+
 def score_paths(target: Path, model_path: Path, out_dir: Path, options: ScoreOptions,
                 on_snippet: Callable[[Path], SnippetCallback] | None = None,
                 on_video: Callable[[dict], None] | None = None) -> dict:
@@ -373,11 +384,7 @@ def score_paths(target: Path, model_path: Path, out_dir: Path, options: ScoreOpt
         entries.append(entry)
         if on_video is not None:
             on_video(entry)
-    summary = {"model": str(model_path), "target": str(target),
-               "mode": options.mode,
-               "threshold": options.threshold, "min_length_s": options.min_length,
-               "videos": entries}
-    write_json(Path(out_dir) / "summary.json", summary)
+    summary = write_scores_summary(model_path, str(target), options, entries, Path(out_dir))
     if options.html and Path(target).is_dir():
         from tpwng.evaluate.viewer import write_scores_index
 

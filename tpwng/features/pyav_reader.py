@@ -35,7 +35,7 @@ class SequentialReader:
             stream = self.container.streams.video[0]
         except (av.FFmpegError, IndexError) as exc:
             raise self.error(f"{self.path}: PyAV cannot open the video ({exc})") from exc
-        stream.thread_count = 1  # one decoding process, one core (as decord is run)
+        stream.codec_context.thread_count = 1  # one decoding process, one core (as decord)
         self.frames = self.container.decode(stream)
         self.position = 0
         self.last_index, self.last = -1, None
