@@ -1,5 +1,6 @@
-"""TCSAL through `scaled_dot_product_attention` equals the hand-written Eq. 9; the fused layer
-pieces equal their autograd references; streaming equals the whole sequence."""
+"""TCSAL through `scaled_dot_product_attention` and through the hand-fused attention equals the
+hand-written Eq. 9; the fused layer pieces equal their autograd references; streaming equals the
+whole sequence."""
 
 from __future__ import annotations
 
@@ -27,15 +28,15 @@ def two_threads():
     torch.set_num_threads(before)
 
 
-def _pair(span_scale, R, **kw) -> tuple[TCSAL, TCSAL]:
-    """The same weights with the fused (SDPA) and the hand-written attention."""
+def _pair(span_scale, R, impl="sdpa", **kw) -> tuple[TCSAL, TCSAL]:
+    """The same weights with a fast attention (``impl``) and the hand-written one."""
     torch.manual_seed(0)
     kw = {"layers": 2, "heads": 4, "ff_dim": 48, "dropout": 0.0} | kw
-    sdpa = TCSAL(D, R=R, span_scale=span_scale, **kw)
-    manual = copy.deepcopy(sdpa)
+    fast = TCSAL(D, R=R, span_scale=span_scale, attention_impl=impl, **kw)
+    manual = copy.deepcopy(fast)
     manual.attention_impl = "manual"
-    assert sdpa.attention_impl == "sdpa"
-    return sdpa, manual
+    assert fast.attention_impl == impl
+    return fast, manual
 
 
 def _batch(T: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,9 +60,10 @@ def _loss(y: torch.Tensor, mask: torch.Tensor, seed: int = 1) -> torch.Tensor:
 CASES = [(6.0, 4.0, 20), (256.0, 256.0, 200), (2.5, 1.5, 24), (None, 8.0, 20)]
 
 
+@pytest.mark.parametrize("impl", ["sdpa", "fused", "auto"])
 @pytest.mark.parametrize("span_scale,R,T", CASES)
-def test_sdpa_equals_manual_in_training(span_scale, R, T):
-    sdpa, manual = _pair(span_scale, R)
+def test_fast_attention_equals_manual_in_training(span_scale, R, T, impl):
+    sdpa, manual = _pair(span_scale, R, impl)
     sdpa.train(), manual.train()  # dropout 0: deterministic
     x, mask = _batch(T)
     ys, ym = sdpa(x, mask), manual(x, mask)
@@ -144,16 +146,77 @@ def test_log_span_mask_is_log_chi_and_differentiable():
 
 def test_padded_keys_are_never_seen_by_valid_queries_and_nothing_is_nan():
     sdpa, manual = _pair(3.0, 2.0)
+    fused = copy.deepcopy(sdpa)
+    fused.attention_impl = "fused"
     x, mask = _batch(16)
     mask[0] = False  # a video with no valid snippet at all
     x_changed = x.clone()
     x_changed[~mask] = 1e4  # garbage where padded
-    for model in (sdpa.train(), manual.train()):
+    for model in (sdpa.train(), fused.train(), manual.train()):
         y = model(x_changed, mask)
         assert torch.isfinite(y).all()
         torch.testing.assert_close(y[mask], model(x, mask)[mask], **TOL)
         _loss(y, mask).backward()
         assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_auto_attention_fuses_cpu_training_only(monkeypatch):
+    """``auto``: the hand-fused attention while training on the CPU; SDPA in inference, under
+    autocast, for frozen weights and for chunked sequences; ``fused`` wherever unchunked."""
+    calls = []
+    real = tcsal._SpanAttention.apply
+    monkeypatch.setattr(tcsal._SpanAttention, "apply", lambda *a: calls.append(1) or real(*a))
+    model = TCSAL(D, layers=1, heads=4, ff_dim=48, span_scale=6, R=4, dropout=0.0)
+    assert model.attention_impl == "auto"
+    x, mask = _batch(20)
+
+    def fused_calls(impl: str = "auto", grad: bool = True, autocast: bool = False) -> int:
+        calls.clear()
+        model.attention_impl = impl
+        with torch.set_grad_enabled(grad), torch.autocast("cpu", torch.bfloat16, autocast):
+            model(x, mask)
+        return len(calls)
+
+    assert fused_calls() == 1
+    assert fused_calls(grad=False) == 0
+    assert fused_calls(autocast=True) == 0
+    assert fused_calls("sdpa") == 0
+    assert fused_calls("fused", grad=False) == 1
+    model.requires_grad_(False)
+    assert fused_calls() == 0
+    model.requires_grad_(True)
+    model.layers[0].attn.chunk_size = 8
+    assert fused_calls() == 0 and fused_calls("fused") == 0
+
+
+def test_fused_attention_with_dropout_equals_reference_with_the_same_masks():
+    """Dropout on the weights: the same draws (`dropout_mask`, one per head in head order) give
+    the same output and gradients as Eq. 9 written out with autograd."""
+    B, T, H, R, p = 3, 12, 4, 4.0, 0.3
+    d = D // H
+    gen = torch.Generator().manual_seed(8)
+    qkv = torch.randn(B, T, 3 * D, generator=gen, requires_grad=True)
+    z = (torch.rand(B, H, T, generator=gen) * 6).requires_grad_()
+    key_valid = torch.ones(B, T, dtype=torch.bool)
+    key_valid[1, 8:] = False
+    base = tcsal._ramp_base(T, T, 0, 0, R, key_valid, qkv.device)[:, 0]
+    torch.manual_seed(7)
+    got = tcsal._SpanAttention.apply(qkv, z, base, R, H, p)
+    torch.manual_seed(7)
+    heads = []
+    for h in range(H):
+        q, k, v = (qkv[:, :, i * D + h * d : i * D + (h + 1) * d] for i in range(3))
+        m = log_span_mask(z[:, h : h + 1], R, key_len=T, key_valid=key_valid)[:, 0]
+        w = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(d) + m, -1)
+        drop, scale = dropout_mask(w.shape, p, w.device)
+        heads.append((w * ~drop * scale) @ v)
+    ref = torch.cat(heads, -1)
+    torch.testing.assert_close(got, ref, **TOL)
+    g = torch.randn(ref.shape, generator=gen)
+    for u, w in zip(torch.autograd.grad(got, [qkv, z], g), torch.autograd.grad(ref, [qkv, z], g),
+                    strict=True):
+        torch.testing.assert_close(u, w, **TOL)
+        assert (u != 0).any()
 
 
 def _layer(dropout: float) -> tcsal.TCSALLayer:

@@ -17,7 +17,8 @@ from tpwng.features.video import probe_video
 SPEC = ClipSpec("tpwng-tiny-ViT-B-16", "none", 0)
 
 
-def _rows(sample_videos, names):
+def probed_rows(sample_videos, names):
+    """Manifest-like rows of the named sample videos, probed."""
     rows = []
     for name in names:
         info = probe_video(sample_videos[name])
@@ -32,7 +33,7 @@ ALL = ["bikes", "carphone_pristine", "carphone_distorted", "bigbuckbunny"]
 @pytest.fixture(scope="module")
 def reference(sample_videos, tmp_path_factory):
     out = tmp_path_factory.mktemp("f") / "ref.h5"
-    stats = extract(_rows(sample_videos, ALL), out, SPEC,
+    stats = extract(probed_rows(sample_videos, ALL), out, SPEC,
                     ExtractionSettings(batch_size=64, decode_workers=0), dataset="t",
                     progress=False)
     return out, stats
@@ -73,7 +74,7 @@ def test_workers_and_batching_do_not_change_features(reference, sample_videos, t
     out, _ = reference
     other = tmp_path / "other.h5"
     # 2 decode processes, batches of 7 that span video boundaries, tiny decode chunks
-    extract(_rows(sample_videos, ALL), other, SPEC,
+    extract(probed_rows(sample_videos, ALL), other, SPEC,
             ExtractionSettings(batch_size=7, decode_workers=2, decode_chunk=3), dataset="t",
             progress=False)
     with FeatureStore(out) as a, FeatureStore(other) as b:
@@ -83,7 +84,7 @@ def test_workers_and_batching_do_not_change_features(reference, sample_videos, t
 
 def test_tencrop_store(sample_videos, tmp_path):
     out = tmp_path / "ten.h5"
-    extract(_rows(sample_videos, ["carphone_pristine"]), out, SPEC,
+    extract(probed_rows(sample_videos, ["carphone_pristine"]), out, SPEC,
             ExtractionSettings(crop_mode="tencrop", batch_size=16, decode_workers=0),
             progress=False)
     with FeatureStore(out) as s:
@@ -96,7 +97,7 @@ def test_tencrop_store(sample_videos, tmp_path):
 def test_unreadable_video_fails_and_writes_nothing(sample_videos, tmp_path):
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(np.random.default_rng(0).bytes(5000))
-    rows = _rows(sample_videos, ["carphone_pristine"])
+    rows = probed_rows(sample_videos, ["carphone_pristine"])
     rows.append(SimpleNamespace(video_id="bad", path=str(bad), frames=100, fps=25.0))
     out = tmp_path / "s.h5"
     with pytest.raises(Exception, match="bad.mp4"):

@@ -177,3 +177,30 @@ def test_bf16_autocast_training_runs_with_float32_similarities(tmp_path):
         losses[precision] = read_log(tmp_path / f"{precision}.tsv")[0]["loss"]
     assert np.isfinite(losses["bf16"]) and losses["bf16"] != losses["fp32"]
     assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05)
+
+
+def test_fused_attention_trains_as_sdpa_does(tmp_path, monkeypatch):
+    """Training on the CPU runs the hand-fused attention (``auto``); without dropout (the one
+    random draw that differs) its losses and weights equal SDPA's over every step."""
+    from tpwng.model import tcsal
+
+    manifest, feats = _toy_dataset(tmp_path)
+    s = _settings(3)
+    s["model"] = s["model"] | {"dropout": 0.0}
+    calls = []
+    real = tcsal._SpanAttention.apply
+    monkeypatch.setattr(tcsal._SpanAttention, "apply", lambda *a: calls.append(1) or real(*a))
+    train(s, manifest, feats, tmp_path / "fused.pt", tmp_path / "fused.tsv")
+    assert calls  # the fused path did run
+    monkeypatch.setattr(tcsal.AdaptiveSpanAttention, "_fused_here", lambda self, x: False)
+    calls.clear()
+    train(s, manifest, feats, tmp_path / "sdpa.pt", tmp_path / "sdpa.tsv")
+    assert not calls
+    fused, sdpa = read_log(tmp_path / "fused.tsv"), read_log(tmp_path / "sdpa.tsv")
+    assert len(fused) == len(sdpa) == 3
+    for a, b in zip(fused, sdpa, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+    wf = load_checkpoint(tmp_path / "fused.pt")["state"]
+    ws = load_checkpoint(tmp_path / "sdpa.pt")["state"]
+    for k in wf:  # Adam scales rounding differences of near-zero gradients up to its step size
+        torch.testing.assert_close(wf[k], ws[k], atol=1e-4, rtol=0, msg=k)

@@ -145,6 +145,7 @@ DOWNSTREAM_OF_TRAINING = {"train": 1, "infer": 1, "evaluate": 1, "diagnostics": 
     ("evaluate", {"threshold": 0.4}, {"evaluate": 1, "baselines": 1, "viewer": 1}),
     ("evaluate", {"plot_videos": 3}, {"evaluate": 1, "diagnostics": 1}),
     ("extraction", {"threads": 1}, {}),  # CPUs of a job are not settings of its outputs
+    ("extraction", {"gpus": 2}, {}),  # nor are its GPUs
     ("train", {"threads": 1}, {}),
 ])
 def test_a_setting_reruns_exactly_the_stages_that_read_it(tiny_local_run, section, values,

@@ -1,4 +1,4 @@
-"""Benchmarks that print figures: extraction rates (issue: hardware limit) and training speed.
+"""Benchmarks that print figures: extraction rates, training speed, memory and live latency.
 
 `tpwng bench extract` measures in one run, on given videos or a generated set: the decode-only
 rate with the same workers, the encoder-only rate at the configured batch and precision, the
@@ -23,6 +23,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -86,29 +87,35 @@ def decode_only(rows, settings: ExtractionSettings) -> float:
 
 
 def encode_only(encoder: ImageEncoder, settings: ExtractionSettings, seconds: float = 5.0) -> float:
-    """Images per second through preprocessing-free encoding at the configured batch size."""
+    """Images per second through preprocessing-free encoding at the configured batch size
+    (results left on the device; one synchronisation at the end)."""
     per = max(1, settings.batch_size // encoder.crops)
     x = torch.randn(per, encoder.crops, 3, 224, 224, device=encoder.device, dtype=encoder.dtype)
     encoder.encode(x)  # warm-up
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        encoder.encode(x)
+        encoder.embed(x)
         n += per * encoder.crops
-    if encoder.device.type == "cuda":
-        torch.cuda.synchronize()
+    _sync(encoder.device)
     return n / (time.perf_counter() - t0)
 
 
-def peer_baseline(rows, spec: ClipSpec, settings: ExtractionSettings) -> float:
-    """Video frames/s of the common script style: decode every frame, PIL per frame, per video."""
+def peer_baseline(rows, spec: ClipSpec, settings: ExtractionSettings,
+                  budget_s: float | None = None) -> float:
+    """Video frames/s of the common script style: decode every frame, PIL per frame, the
+    float32 model run per video. With ``budget_s``: stops after the video that ends past it."""
     import decord
     import open_clip
     from PIL import Image
 
+    from tpwng.device import resolve_device
+
     model, _ = load_clip(spec)
-    device = ImageEncoder(model, settings).device
+    device = resolve_device(settings.device)
     model = model.to(device)
     pil = open_clip.image_transform(224, is_train=False)
+    with torch.no_grad():  # warm-up: CUDA kernels and libraries load outside the timing
+        model.encode_image(torch.zeros(2, 3, 224, 224, device=device))
     total, t0 = 0, time.perf_counter()
     for r in rows:
         vr = decord.VideoReader(r.path)
@@ -117,7 +124,10 @@ def peer_baseline(rows, spec: ClipSpec, settings: ExtractionSettings) -> float:
         batch = torch.stack([pil(Image.fromarray(f)) for f in sampled]).to(device)
         with torch.no_grad():
             model.encode_image(batch)
+        _sync(device)
         total += r.frames
+        if budget_s is not None and time.perf_counter() - t0 > budget_s:
+            break
     return total / (time.perf_counter() - t0)
 
 
@@ -227,11 +237,15 @@ def _sync(device: torch.device) -> None:
 
 def bench_train(n_videos: int, spec: ClipSpec, epochs: int, batch: int, seed: int = 0,
                 out: Path | None = None, device: str = "auto",
-                max_steps: int | None = None, split_steps: int = 3) -> dict:
+                max_steps: int | None = None, split_steps: int = 3,
+                budget_s: float | None = None, max_len: int = 256) -> dict:
     """Seconds per epoch of TPWNG on random features with UCF-Crime-like lengths.
 
     With `max_steps`, only the first steps of one epoch are timed (after one warm-up step) and
-    the epoch time is extrapolated from the median step; the result says so.
+    the epoch time is extrapolated from the median step; the result says so. With
+    ``budget_s``, no epoch starts once that many seconds of epochs have run; the time of all
+    `epochs` is then extrapolated from the median epoch (``epochs_extrapolated``). Videos are
+    cut to `max_len` snippets, as training cuts them (``train.max_seq_len``).
 
     The split of a step (``split_steps`` more batches, medians) is timed inside the step
     (`_PartClock`): the text side (prompt and CLIP text encoder, forward + backward), the
@@ -262,7 +276,7 @@ def bench_train(n_videos: int, spec: ClipSpec, epochs: int, batch: int, seed: in
     for i, s in enumerate(snippets.astype(int)):
         c = "normal" if i % 2 == 0 else classes[1 + (i // 2) % 13]
         f = rng.normal(size=(s, 1, 512)).astype(np.float16)
-        videos.append(TrainVideo(f"v{i}", cap_length(f), [c], s * 16, s))
+        videos.append(TrainVideo(f"v{i}", cap_length(f, max_len), [c], s * 16, s))
     dev = resolve_device(device)
     clip_model, _ = load_clip(spec)
     model = TPWNG(clip_model, classes, ModelConfig(), dim=512)
@@ -286,10 +300,11 @@ def bench_train(n_videos: int, spec: ClipSpec, epochs: int, batch: int, seed: in
         return torch.cat(pad)
 
     result = {"host": socket.gethostname(), "device": str(dev), "model": spec.model,
-              "videos": n_videos, "batch": f"{batch}+{batch}",
+              "videos": n_videos, "batch": f"{batch}+{batch}", "max_len": max_len,
               "torch_threads": torch.get_num_threads(),
               "attention_impl": getattr(model.temporal, "attention_impl", "n/a")}
     batches = epoch_batches(len(normal), len(anomalous), batch, batch, rng)
+    result["steps_per_epoch"] = len(batches)
     step(*batches[0])  # warm-up
     if max_steps:
         times = []
@@ -297,18 +312,23 @@ def bench_train(n_videos: int, spec: ClipSpec, epochs: int, batch: int, seed: in
             t0 = time.perf_counter()
             step(idx_n, idx_a)
             times.append(time.perf_counter() - t0)
-        result |= {"steps_per_epoch": len(batches), "steps_timed": len(times),
+        result |= {"steps_timed": len(times),
                    "seconds_per_step": float(np.median(times)),
                    "seconds_per_epoch_extrapolated": float(np.median(times)) * len(batches)}
     else:
         times = []
         for _ in range(epochs):
+            if budget_s is not None and times and sum(times) > budget_s:
+                break
             t0 = time.perf_counter()
             for idx_n, idx_a in epoch_batches(len(normal), len(anomalous), batch, batch, rng):
                 step(idx_n, idx_a)
             times.append(time.perf_counter() - t0)
-        result |= {"epochs_timed": epochs, "seconds_per_epoch": float(np.median(times)),
-                   "all_epochs": times}
+        median = float(np.median(times))
+        result |= {"epochs_timed": len(times), "seconds_per_epoch": median,
+                   "all_epochs": times, "epochs_asked": epochs,
+                   "epochs_extrapolated": epochs - len(times),
+                   "seconds_all_epochs": sum(times) + median * (epochs - len(times))}
     if split_steps and hasattr(model.temporal, "layers"):
         result |= _step_split(model, step, batches[1 : 1 + split_steps], dev)
     result["peak_rss_mb"] = peak_rss_mb()
@@ -624,6 +644,258 @@ def bench_live(video: Path, specs: list[ClipSpec], out: Path | None, stride: int
     result["peak_rss_mb"] = peak_rss_mb()
     _report(result, out)
     return result
+
+
+@dataclass(frozen=True)
+class GpuBenchSizes:
+    """What `bench_gpu` measures on, and how long each phase may take (seconds)."""
+
+    distinct: int = 16  # generated 320x240 H.264 videos (one process each)
+    frames: int = 3000  # frames of each (2 minutes at 25 fps)
+    decode_frames: int = 200_000  # frames of the all-process decode (the videos repeated)
+    batch_size: int = 256  # encoder batch, in images
+    one_process_s: float = 20.0
+    all_processes_s: float = 40.0
+    encoder_s: float = 15.0
+    end_to_end_s: float = 30.0  # each of centre crop and 10-crop, sized from the rates above
+    peer_s: float = 30.0
+    train_videos: int = 1610  # UCF-Crime's training videos
+    train_epochs: int = 50
+    train_batch: int = 32
+    train_max_len: int = 256  # snippets per video at most (train.max_seq_len)
+    train_s: float = 150.0  # at most; the time left before `total_s` if less
+    total_s: float = 470.0
+
+
+# Tiny sizes for a CPU: every phase of the full run, end to end, in well under a minute.
+QUICK_SIZES = GpuBenchSizes(distinct=2, frames=64, decode_frames=384, batch_size=16,
+                            one_process_s=0.5, all_processes_s=1.0, encoder_s=0.5,
+                            end_to_end_s=1.0, peer_s=0.2, train_videos=4, train_epochs=2,
+                            train_batch=2, train_max_len=32, train_s=2.0, total_s=60.0)
+
+# The GPU box's targets: figure key, comparison, bound (a number, or the key and factor of one).
+GPU_TARGETS = {
+    "centre_crop_vs_decode": ("end_to_end_center_fps", ">=", ("decode_all_fps", 0.85)),
+    "tencrop_vs_encoder": ("end_to_end_tencrop_crops_per_s", ">=",
+                           ("encoder_images_per_s", 0.85)),
+    "speedup_over_peer": ("speedup_over_peer", ">=", 15.0),
+    "train_50_epochs": ("train_seconds_all_epochs", "<", 120.0),
+}
+
+
+def _write_pattern_video(job: tuple[Path, int, int]) -> None:
+    """In a worker process: one generated video (path, frames, seed)."""
+    from tpwng.data.synthetic import SyntheticSpec, write_video
+
+    path, frames, seed = job
+    spec = SyntheticSpec(fps=25.0, width=320, height=240)
+    write_video(path, _moving_pattern(frames, 320, 240, seed=seed), spec)
+
+
+def pattern_videos(workdir: Path, count: int, frames: int) -> list[Path]:
+    """`count` distinct 320x240 H.264 videos of `frames` frames in `workdir`, written in
+    parallel processes the first time and kept."""
+    import multiprocessing as mp
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    paths = [workdir / f"pattern-{frames}f-{i:02d}.mp4" for i in range(count)]
+    todo = [(p, frames, i) for i, p in enumerate(paths) if not p.exists()]
+    if todo:
+        workdir.mkdir(parents=True, exist_ok=True)
+        print(f"writing {len(todo)} videos of {frames} frames in {workdir}", file=sys.stderr)
+        # fork: the workers need no fresh interpreter (nothing has touched CUDA yet)
+        with ProcessPoolExecutor(min(len(todo), os.cpu_count() or 1),
+                                 mp_context=mp.get_context("fork")) as pool:
+            list(pool.map(_write_pattern_video, todo))
+    return paths
+
+
+def repeated_rows(rows: list, frames: int) -> list[SimpleNamespace]:
+    """`rows` cycled, each repeat under its own video id, until they hold `frames` frames."""
+    out: list[SimpleNamespace] = []
+    total = 0
+    while total < frames:
+        r = rows[len(out) % len(rows)]
+        out.append(SimpleNamespace(**{**vars(r), "video_id": f"{r.video_id}-{len(out)}"}))
+        total += r.frames
+    return out
+
+
+def decode_rate(rows, settings: ExtractionSettings, workers: int, budget_s: float) -> dict:
+    """Video frames/s of extraction's decoding alone (the sampled frames, through its decoding
+    processes: `workers` of them, 0 = this process's), stopped after `budget_s`; a video
+    counts the frames of the snippets decoded so far."""
+    from torch.utils.data import DataLoader
+
+    jobs = plan_jobs(rows, settings)
+    loader = DataLoader(DecodeStream(jobs, settings.decode_chunk), batch_size=None,
+                        num_workers=workers, prefetch_factor=4 if workers else None)
+    seen = [0] * len(jobs)
+    t0 = time.perf_counter()
+    batches = iter(loader)
+    for j, _, frames in batches:
+        seen[j] += len(frames)
+        if time.perf_counter() - t0 > budget_s:
+            break
+    seconds = time.perf_counter() - t0
+    del batches  # stops the workers
+    frames = sum(min(n * settings.stride, job.frames) for n, job in zip(seen, jobs, strict=True))
+    return {"fps": frames / seconds, "frames": frames, "seconds": seconds}
+
+
+def _check_targets(result: dict) -> dict:
+    """Each target of `GPU_TARGETS`: the figure, the bound it is held to, and whether it passes."""
+    out = {}
+    for name, (key, op, bound) in GPU_TARGETS.items():
+        if isinstance(bound, tuple):
+            ref, factor = bound
+            limit, rule = result[ref] * factor, f"{key} {op} {factor} x {ref}"
+        else:
+            limit, rule = bound, f"{key} {op} {bound:g}"
+        value = result[key]
+        ok = value >= limit if op == ">=" else value < limit
+        out[name] = {"figure": value, "bound": limit, "rule": rule, "pass": bool(ok)}
+    return out
+
+
+def bench_gpu(workdir: Path, out: Path | None, spec: ClipSpec,
+              sizes: GpuBenchSizes = GpuBenchSizes(), decode_workers: int | str = "auto",
+              train_videos: int | None = None, train_epochs: int | None = None,
+              train_batch: int | None = None) -> dict:
+    """The GPU box's figures in one run, beside its targets (`GPU_TARGETS`).
+
+    Measures, on `sizes.distinct` generated 320x240 H.264 videos repeated into longer lists:
+    the decode-only rate with one decoding process and with all of them, the encoder-only
+    rate at the batch size and precision of extraction (bf16 on CUDA), `extract` end to end
+    with centre crops and with 10 crops, the peer-style baseline, and training epochs of a
+    UCF-sized set (`bench_train`). Each phase has a time budget (``sizes``); progress goes to
+    stderr, the table to stdout, the figures to `out` as JSON.
+    """
+    import os
+
+    from tpwng.device import resolve_device
+    from tpwng.features.extract import decode_workers_for
+
+    start = time.perf_counter()
+
+    def say(what: str) -> None:
+        print(f"[{time.perf_counter() - start:6.1f} s] {what}", file=sys.stderr, flush=True)
+
+    workdir = Path(workdir)
+    paths = pattern_videos(workdir, sizes.distinct, sizes.frames)
+    distinct = _rows(paths)
+    device = resolve_device("auto")
+    workers = decode_workers_for(decode_workers)
+    settings = ExtractionSettings(batch_size=sizes.batch_size, decode_workers=workers)
+    result: dict = {
+        "host": socket.gethostname(), "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(), "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "torch": torch.__version__, "model": spec.model,
+        "weights": "random init" if spec.random_init else spec.pretrained,
+        "sizes": "quick" if sizes == QUICK_SIZES else "full",
+        "videos": {"distinct": len(distinct), "frames_each": sizes.frames, "size": "320x240",
+                   "codec": "H.264 (libx264 ultrafast, GOP 32), generated"},
+        "stride": settings.stride, "batch_size": settings.batch_size,
+        "decode_workers": workers,
+    }
+    say(f"{len(distinct)} videos ready; decoding with 1 process ({sizes.one_process_s:g} s)")
+    one = decode_rate(repeated_rows(distinct, sizes.decode_frames), settings, 0,
+                      sizes.one_process_s)
+    result |= {"decode_1proc_fps": one["fps"], "decode_1proc_frames": one["frames"]}
+    say(f"decode, 1 process: {one['fps']:,.0f} frames/s; with {workers} processes "
+        f"({sizes.all_processes_s:g} s)")
+    decode_rows = repeated_rows(distinct, sizes.decode_frames)
+    every = decode_rate(decode_rows, settings, workers, sizes.all_processes_s)
+    result |= {"decode_all_fps": every["fps"], "decode_all_processes": max(1, workers),
+               "decode_all_frames": every["frames"]}
+    say(f"decode, {workers} processes: {every['fps']:,.0f} frames/s; encoder "
+        f"({sizes.encoder_s:g} s)")
+    model, _ = load_clip(spec)
+    encoder = ImageEncoder(model, settings)
+    images = encode_only(encoder, settings, sizes.encoder_s)
+    result |= {"precision": str(encoder.dtype).removeprefix("torch."),
+               "encoder_images_per_s": images}
+    del encoder
+    say(f"encoder: {images:,.0f} images/s; extraction end to end")
+    for crop_mode in ("center", "tencrop"):
+        crops = 10 if crop_mode == "tencrop" else 1
+        ceiling = min(every["fps"], images * settings.stride / crops)
+        rows = repeated_rows(distinct, int(ceiling * sizes.end_to_end_s))
+        run = ExtractionSettings(batch_size=sizes.batch_size, decode_workers=workers,
+                                 crop_mode=crop_mode)
+        store = workdir / f".bench-{crop_mode}.h5"
+        stats = extract(rows, store, spec, run, dataset="bench", progress=False,
+                        clip_model=model)
+        store.unlink(missing_ok=True)
+        fps = stats["video_frames"] / stats["seconds"]
+        result |= {f"end_to_end_{crop_mode}_fps": fps,
+                   f"end_to_end_{crop_mode}_crops_per_s":
+                       stats["snippets"] * crops / stats["seconds"],
+                   f"end_to_end_{crop_mode}_frames": stats["video_frames"],
+                   f"end_to_end_{crop_mode}_s": stats["seconds"],
+                   "encoders": stats["encoders"]}
+        say(f"end to end, {crop_mode}: {fps:,.0f} frames/s over {stats['video_frames']:,} "
+            f"frames")
+    del model
+    say(f"peer-style baseline ({sizes.peer_s:g} s)")
+    peer = peer_baseline(distinct * 100, spec, settings, budget_s=sizes.peer_s)
+    result |= {"peer_baseline_fps": peer,
+               "speedup_over_peer": result["end_to_end_center_fps"] / peer}
+    epochs = train_epochs or sizes.train_epochs
+    budget = max(1.0, min(sizes.train_s, sizes.total_s - (time.perf_counter() - start) - 20))
+    say(f"peer: {peer:,.0f} frames/s; training, {epochs} epochs (budget {budget:.0f} s)")
+    with contextlib.redirect_stdout(sys.stderr):
+        train = bench_train(train_videos or sizes.train_videos, spec, epochs,
+                            train_batch or sizes.train_batch, split_steps=0, budget_s=budget,
+                            max_len=sizes.train_max_len)
+    timed, rest = train["epochs_timed"], train["epochs_extrapolated"]
+    result |= {
+        "train_videos": train["videos"], "train_batch": train["batch"],
+        "train_max_len": train["max_len"],
+        "train_steps_per_epoch": train["steps_per_epoch"],
+        "train_epochs_timed": timed, "train_seconds_per_epoch": train["seconds_per_epoch"],
+        "train_seconds_all_epochs": train["seconds_all_epochs"],
+        "train_timed": (f"{timed} of {epochs} epochs timed (every step, after one warm-up "
+                        "step)" + (f"; the other {rest} extrapolated from their median"
+                                   if rest else "")),
+    }
+    result["targets"] = _check_targets(result)
+    result["timed"] = {
+        "decode": "extraction's DataLoader over its decoding processes, nothing else; video "
+                  "frames = snippets decoded x stride",
+        "encoder": f"the image tower alone on random input, {settings.batch_size} images a "
+                   "batch, results left on the device, one synchronisation at the end",
+        "end_to_end": "extract() from the start of decoding (its processes starting) to the "
+                      f"store written, inputs sized for about {sizes.end_to_end_s:g} s at the "
+                      "lower of the decode and encoder rates",
+        "peer_baseline": "every frame decoded with decord, each sampled frame through PIL, "
+                         "the float32 model once per video; stopped after the video that "
+                         f"ends past {sizes.peer_s:g} s",
+        "train": result["train_timed"],
+    }
+    result["peak_rss_mb"] = peak_rss_mb()
+    result["total_s"] = time.perf_counter() - start
+    say("done")
+    _report_gpu(result, out)
+    return result
+
+
+def _report_gpu(result: dict, out: Path | None) -> None:
+    """The figures, then one line per target, on stdout; the JSON to `out`."""
+    flat = {k: v for k, v in result.items() if not isinstance(v, dict)}
+    _report(flat, None)
+    print()
+    width = max(len(k) for k in result["targets"])
+    for name, t in result["targets"].items():
+        verdict = "pass" if t["pass"] else "FAIL"
+        print(f"{name:<{width}}  {verdict}  {t['figure']:,.3f} (bound {t['bound']:,.3f}: "
+              f"{t['rule']})")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"written {out}")
 
 
 def _report(result: dict, out: Path | None) -> None:

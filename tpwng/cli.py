@@ -56,10 +56,21 @@ def cmd_extract(a: argparse.Namespace) -> None:
     s = _settings(a.settings)
     rows = read_manifest(Path(a.manifest))
     mine = rows[a.shard :: a.shards]
-    stats = extract(mine, Path(a.out), ClipSpec.from_config(s["clip"]),
-                    ExtractionSettings.from_config(s["extraction"]), dataset=s["name"],
-                    shard=f"{a.shard}/{a.shards}", threads=a.threads)
+    settings = ExtractionSettings.from_config(s["extraction"])
+    if a.gpus is not None:
+        settings.gpus = a.gpus
+    stats = extract(mine, Path(a.out), ClipSpec.from_config(s["clip"]), settings,
+                    dataset=s["name"], shard=f"{a.shard}/{a.shards}", threads=a.threads)
     log.info("extracted %s", json.dumps(stats))
+
+
+def _gpus(text: str) -> int | str:
+    """``--gpus``: auto or a positive number."""
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected auto or a number >= 1, got {text!r}")
+    return int(text)
 
 
 def cmd_merge(a: argparse.Namespace) -> None:
@@ -79,8 +90,10 @@ def cmd_import(a: argparse.Namespace) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> None:
+    from tpwng.heap import keep_freed_memory
     from tpwng.train.loop import train
 
+    keep_freed_memory()
     train(_settings(a.settings, a.threads), Path(a.manifest), Path(a.features), Path(a.out),
           Path(a.log))
 
@@ -239,6 +252,25 @@ def _bench_videos(a: argparse.Namespace) -> list[Path]:
     return sorted((root / "videos").rglob("*.mp4"))
 
 
+def _bench_gpu(a: argparse.Namespace, spec, host: str) -> None:
+    """`tpwng bench gpu`: the GPU box's figures and targets in one run."""
+    import dataclasses
+
+    from tpwng.bench import QUICK_SIZES, GpuBenchSizes, bench_gpu
+    from tpwng.device import resolve_device
+
+    if not a.quick and resolve_device("auto").type != "cuda":
+        raise UserError("no usable CUDA device here: the full run measures a GPU box; "
+                        "--quick runs every phase at tiny sizes on this machine")
+    sizes = QUICK_SIZES if a.quick else GpuBenchSizes()
+    if a.batch_size is not None:
+        sizes = dataclasses.replace(sizes, batch_size=a.batch_size)
+    bench_gpu(Path(a.workdir or "benchmarks/.gpu-work"),
+              Path(a.out or f"benchmarks/gpu-{host}.json"), spec, sizes,
+              decode_workers="auto" if a.workers is None else a.workers,
+              train_videos=a.n_videos, train_epochs=a.epochs, train_batch=a.train_batch)
+
+
 def cmd_bench(a: argparse.Namespace) -> None:
     import socket
 
@@ -248,15 +280,21 @@ def cmd_bench(a: argparse.Namespace) -> None:
 
     spec = ClipSpec(a.model, a.pretrained, 0)
     host = socket.gethostname()
+    if a.what == "gpu":
+        _bench_gpu(a, spec, host)
+        return
+    a.workdir = a.workdir or "benchmarks"
+    batch_size = 256 if a.batch_size is None else a.batch_size
+    workers = 2 if a.workers is None else a.workers
     if a.what == "extract":
-        settings = ExtractionSettings(batch_size=a.batch_size, decode_workers=a.workers,
+        settings = ExtractionSettings(batch_size=batch_size, decode_workers=workers,
                                       crop_mode=a.crop_mode, precision=a.precision)
         out = Path(a.out or f"benchmarks/extract-{host}-{a.crop_mode}.json")
         bench_extract(_bench_videos(a), spec, settings, out, baseline=not a.no_baseline)
     elif a.what == "memory":
         from tpwng.bench import bench_memory
 
-        settings = ExtractionSettings(batch_size=a.batch_size, decode_workers=a.workers)
+        settings = ExtractionSettings(batch_size=batch_size, decode_workers=workers)
         out = Path(a.out or f"benchmarks/memory-{host}.json")
         bench_memory(Path(a.workdir) / "bench-videos", settings, out)
     elif a.what == "live":
@@ -268,8 +306,35 @@ def cmd_bench(a: argparse.Namespace) -> None:
         out = Path(a.out or f"benchmarks/live-{host}.json")
         bench_live(video, [ClipSpec("tpwng-tiny-ViT-B-16", "none", 0), spec], out)
     else:
+        from tpwng.heap import keep_freed_memory
+
+        keep_freed_memory()  # as `tpwng train`
         out = Path(a.out or f"benchmarks/train-{host}.json")
-        bench_train(a.n_videos, spec, a.epochs, a.train_batch, out=out, max_steps=a.steps)
+        bench_train(a.n_videos or 1610, spec, a.epochs or 2, a.train_batch or 32, out=out,
+                    max_steps=a.steps)
+
+
+BENCH_HELP = """\
+extract  decode-only, encoder-only and end-to-end extraction rates, and the peer-style
+         baseline, on given videos or a generated set (WORKDIR/bench-videos)
+train    seconds per training epoch on a UCF-sized set of random features
+memory   peak memory of extracting a one-minute and a one-hour video
+live     per-snippet latency of live scoring
+gpu      one run of at most 8 minutes on a GPU box (16 cores, one H100/H200) that measures,
+         on generated 320x240 H.264 videos (16 distinct, repeated to ~200k frames; written
+         once in parallel, kept in WORKDIR, default benchmarks/.gpu-work): the decode-only
+         rate with 1 and with all decoding processes (video frames/s, stride 16), the
+         encoder-only rate of ViT-B/16 at random init in bf16 (images/s), extraction end to
+         end with centre crops and with 10 crops, the peer-style baseline, and 50 epochs of
+         training on 1,610 UCF-sized videos (epochs past a 150 s budget are extrapolated from
+         the median one, and the JSON says so); beside them the targets, with pass or
+         fail: centre crop >= 0.85 x the all-process decode rate, 10-crop crops/s >= 0.85 x the
+         encoder rate, >= 15 x the peer-style baseline, 50 epochs < 120 s. Prints the table;
+         writes benchmarks/gpu-<host>.json (--out). Without CUDA it refuses, unless --quick:
+         every phase at tiny sizes on any machine (with --model tpwng-tiny-ViT-B-16: well
+         under a minute on 2 CPU cores). --workers, --batch-size, --n-videos, --epochs and
+         --train-batch override its sizes
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -296,7 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "annotation_cuts.tsv beside --out)"}))
     add("extract", cmd_extract, "extract CLIP features of one shard", settings, manifest,
         ("--shard", {"type": int, "default": 0}), ("--shards", {"type": int, "default": 1}),
-        ("--out", req), threads)
+        ("--out", req), threads,
+        ("--gpus", {"type": _gpus, "help": "CUDA devices to encode on, one encoder each (the "
+                                           "rule's gpu resource; default: extraction.gpus)"}))
     add("merge", cmd_merge, "link shard stores into one view", ("--out", req),
         ("inputs", {"nargs": "+"}))
     add("import-features", cmd_import, "import released .npy CLIP features", settings,
@@ -357,24 +424,31 @@ def build_parser() -> argparse.ArgumentParser:
         ("--port", {"type": int, "default": 8000, "help": "with --serve (default 8000)"}),
         ("--bind", {"default": "127.0.0.1", "help": "with --serve (default 127.0.0.1)"}))
     b = sub.add_parser("bench", help="benchmarks: extraction rates, training speed, live "
-                                     "scoring latency")
-    b.add_argument("what", choices=["extract", "train", "memory", "live"])
+                                     "scoring latency, a GPU box in one run",
+                       description="Benchmarks that print figures and write them as JSON.",
+                       epilog=BENCH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    b.add_argument("what", choices=["extract", "train", "memory", "live", "gpu"])
     b.add_argument("videos", nargs="*", help="videos or folders (default: a generated set)")
-    b.add_argument("--model", default="ViT-B-16")
+    b.add_argument("--model", default="ViT-B-16",
+                   help="CLIP model (default ViT-B-16; tpwng-tiny-ViT-B-16: a tiny one)")
     b.add_argument("--pretrained", default="none", help="none: random weights (speed only)")
-    b.add_argument("--batch-size", type=int, default=256)
-    b.add_argument("--workers", type=int, default=2)
+    b.add_argument("--batch-size", type=int, help="encoder batch in images (default 256)")
+    b.add_argument("--workers", type=int,
+                   help="decoding processes (default 2; gpu: the CPUs less one)")
     b.add_argument("--crop-mode", default="center", choices=["center", "tencrop"])
     b.add_argument("--precision", default="auto")
     b.add_argument("--generate", type=int, default=8, help="generated videos when none given")
     b.add_argument("--frames", type=int, default=1500, help="frames per generated video")
-    b.add_argument("--workdir", default="benchmarks")
+    b.add_argument("--workdir", help="work folder: generated videos (default benchmarks; gpu: "
+                                     "benchmarks/.gpu-work)")
     b.add_argument("--no-baseline", action="store_true")
-    b.add_argument("--n-videos", type=int, default=1610)
-    b.add_argument("--epochs", type=int, default=2)
-    b.add_argument("--train-batch", type=int, default=32)
+    b.add_argument("--n-videos", type=int, help="training videos (default 1610)")
+    b.add_argument("--epochs", type=int, help="training epochs (default 2; gpu: 50)")
+    b.add_argument("--train-batch", type=int, help="training batch per group (default 32)")
     b.add_argument("--steps", type=int, help="train: time this many steps, extrapolate the epoch")
-    b.add_argument("--out")
+    b.add_argument("--quick", action="store_true",
+                   help="gpu: tiny sizes, on any device (a CPU included)")
+    b.add_argument("--out", help="JSON to write (default benchmarks/<what>-<host>...json)")
     b.set_defaults(func=cmd_bench)
     return p
 

@@ -107,14 +107,15 @@ STAGES: dict[str, dict[str, list[str] | None]] = {
 }
 
 
-# How many CPUs a job uses is the rule's `threads` (passed as --threads), never a tracked
-# setting: changing it must not re-run anything.
-UNTRACKED = {"extraction": ("threads",), "train": ("threads",)}
+# How many CPUs a job uses is the rule's `threads` (passed as --threads), and how many GPUs an
+# extraction job encodes on is its `gpu` resource (passed as --gpus), never tracked settings:
+# changing them must not re-run anything.
+UNTRACKED = {"extraction": ("threads", "gpus"), "train": ("threads",)}
 
 
 def stage_settings(settings: dict, stage: str) -> dict:
     """The part of a dataset's merged settings that one stage reads (see ``STAGES``), less
-    the CPU counts (``UNTRACKED``)."""
+    the CPU and GPU counts (``UNTRACKED``)."""
     if stage not in STAGES:
         raise ConfigError(f"unknown stage {stage!r}; expected one of {sorted(STAGES)}")
     out: dict = {}

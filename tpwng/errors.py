@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tpwng.device import DeviceCountError
 from tpwng.features.clip_backbone import ClipWeightsError
 from tpwng.features.store import StoreError
 from tpwng.features.video import VideoError
@@ -17,7 +18,7 @@ def _expected() -> tuple[type[BaseException], ...]:
     from tpwng.data.datasets import DatasetError
 
     return (ClipWeightsError, StoreError, VideoError, CheckpointError, ConfigError,
-            DatasetError, WriteError, FileNotFoundError)
+            DatasetError, WriteError, DeviceCountError, FileNotFoundError)
 
 
 EXPECTED_ERRORS = _expected()

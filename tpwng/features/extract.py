@@ -4,13 +4,22 @@ Decoding runs in worker processes (a torch DataLoader over an iterable of videos
 overlaps encoding; the encoder sees batches that span video boundaries; each video is written
 to the store as soon as all its snippets are encoded. Memory is bounded by the decode chunk and
 the encoder batch, whatever the videos' lengths.
+
+One decoding pool feeds one encoder per device (`EncoderLane`; ``extraction.gpus``), batches
+dealt round robin. On CUDA a lane never waits on the host: frames go up and results come down
+on side streams while its compute stream encodes, with events between them, and a few batches
+stay in flight; the host waits only when it needs a batch's results. Batches complete in the
+order they were formed, so the store does not depend on how many encoders ran. On the CPU
+everything is synchronous.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import sys
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,12 +30,13 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from tpwng.data.grid import sample_indices
-from tpwng.device import encoder_dtype, resolve_device
+from tpwng.device import encoder_devices, encoder_dtype, resolve_device
 from tpwng.features.clip_backbone import ClipSpec, load_clip
 from tpwng.features.preprocess import n_crops, preprocess
 from tpwng.features.provenance import extracted_provenance
 from tpwng.features.store import StoreWriter
 from tpwng.features.video import DECODE_TIMEOUT, read_frames
+from tpwng.heap import bound_heap_growth
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +53,7 @@ class ExtractionSettings:
     decode_timeout: float = 600.0  # seconds a decode worker may take for one chunk
     dtype: str = "float16"
     device: str = "auto"
+    gpus: int | str = "auto"  # CUDA devices to encode on, one encoder each (`encoder_devices`)
 
     @classmethod
     def from_config(cls, cfg: dict) -> ExtractionSettings:
@@ -90,33 +101,20 @@ class DecodeStream(IterableDataset):
                 yield j, off, torch.from_numpy(frames)
 
 
-def bound_heap_growth(threshold: int = 1 << 20) -> bool:
-    """Have glibc serve allocations of `threshold` bytes or more with mmap (Linux only).
-
-    By default glibc raises its mmap threshold each time a large block is freed, after which
-    the per-chunk frame tensors come from the heap, which fragments: the extracting process
-    then grew by 114 MB over a one-hour video. A fixed threshold returns such blocks to the
-    system when freed, so memory no longer depends on the video's length.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(-3, threshold))  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):  # not glibc
-        return False
-
 
 class ImageEncoder:
-    """The frozen CLIP image tower with CLIP preprocessing, on one device and precision."""
+    """The frozen CLIP image tower with CLIP preprocessing, on one device and precision.
 
-    def __init__(self, clip_model: torch.nn.Module, settings: ExtractionSettings) -> None:
-        self.device = resolve_device(settings.device)
+    ``device`` overrides ``settings.device``; ``copy_tower`` encodes with a copy of the tower
+    (one per device when several encode), leaving ``clip_model``'s own where it is.
+    """
+
+    def __init__(self, clip_model: torch.nn.Module, settings: ExtractionSettings,
+                 device: str | torch.device | None = None, copy_tower: bool = False) -> None:
+        self.device = resolve_device(settings.device) if device is None else torch.device(device)
         self.dtype = encoder_dtype(settings.precision, self.device)
-        self.visual = clip_model.visual.to(self.device, self.dtype).eval()
+        visual = copy.deepcopy(clip_model.visual) if copy_tower else clip_model.visual
+        self.visual = visual.to(self.device, self.dtype).eval()
         self.crop_mode = settings.crop_mode
         self.crops = n_crops(settings.crop_mode)
 
@@ -134,10 +132,109 @@ class ImageEncoder:
         return torch.zeros((frames, self.crops, 3, 224, 224), device=self.device)
 
     @torch.inference_mode()
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Preprocessed [N, crops, 3, 224, 224] -> float32 [N, crops, D] on the device."""
+        n = x.shape[0]
+        return self.visual(x.flatten(0, 1).to(self.dtype)).float().view(n, self.crops, -1)
+
+    @torch.inference_mode()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Preprocessed [N, crops, 3, 224, 224] -> float32 [N, crops, D] on the CPU."""
-        n = x.shape[0]
-        return self.visual(x.flatten(0, 1).to(self.dtype)).float().view(n, self.crops, -1).cpu()
+        return self.embed(x).cpu()
+
+
+Slot = tuple[int, int, int]  # job index, snippet offset, snippet count
+
+
+@dataclass
+class Batch:
+    """One encoded batch: where its rows go, and its results once `done` has completed."""
+
+    slots: list[Slot]
+    result: torch.Tensor  # float32 [n, crops, D] on the host (pinned on CUDA)
+    done: torch.cuda.Event | None = None  # None: computed synchronously
+    keep: list[torch.Tensor] = field(default_factory=list)  # read by copies still in flight
+
+    def wait(self) -> np.ndarray:
+        """The results, once the copy back has completed."""
+        if self.done is not None:
+            self.done.synchronize()
+        self.keep.clear()
+        return self.result.numpy()
+
+
+class EncoderLane:
+    """One encoder with its batch buffer; on CUDA also its streams and pinned result buffers.
+
+    CUDA: frames are copied up on the ``upload`` stream, preprocessed and encoded on the
+    ``compute`` stream once their upload event has fired, and the results copied into one of
+    `depth` pinned buffers on the ``download`` stream once the encode event has fired. Nothing
+    here blocks the host. Two copy streams: a download waits for its encode, and frames for the
+    next batch must not queue behind it. CPU: `add` preprocesses and `submit` encodes, at once.
+    """
+
+    def __init__(self, encoder: ImageEncoder, per_batch: int, dim: int, depth: int = 2) -> None:
+        self.encoder = encoder
+        self.buffer = encoder.batch_buffer(per_batch)  # reused: no per-batch allocation
+        self.cuda = encoder.device.type == "cuda"
+        self.depth = depth if self.cuda else 1  # batches in flight at most
+        self.in_flight = 0
+        self.count = 0
+        self.slots: list[Slot] = []
+        self.keep: list[torch.Tensor] = []
+        if self.cuda:
+            dev = encoder.device
+            self.compute, self.upload, self.download = (torch.cuda.Stream(dev) for _ in range(3))
+            self.compute.wait_stream(torch.cuda.current_stream(dev))  # weights, zeroed buffer
+            self.buffer.record_stream(self.compute)  # freed only once compute is done with it
+            self.results = [torch.empty((per_batch, encoder.crops, dim), pin_memory=True)
+                            for _ in range(self.depth)]
+            self.turn = 0
+
+    @torch.inference_mode()
+    def add(self, frames: torch.Tensor, job: int, offset: int) -> None:
+        """Preprocess uint8 frames [n, H, W, 3] into the next rows of the batch."""
+        n = len(frames)
+        out = self.buffer[self.count : self.count + n]
+        if self.cuda:
+            with torch.cuda.stream(self.upload):
+                on_device = frames.to(self.encoder.device, non_blocking=True)
+                uploaded = torch.cuda.Event()
+                uploaded.record(self.upload)
+            self.compute.wait_event(uploaded)
+            with torch.cuda.stream(self.compute):
+                on_device.record_stream(self.compute)  # its memory is reused after this use
+                self.encoder.prepare(on_device, out=out)
+            self.keep.append(frames)  # host memory the upload reads
+        else:
+            self.encoder.prepare(frames, out=out)
+        self.slots.append((job, offset, n))
+        self.count += n
+
+    @torch.inference_mode()
+    def submit(self) -> Batch:
+        """Encode the batch (CUDA: queue it, and its copy back); the lane starts a new one.
+
+        The caller keeps fewer than `depth` batches of this lane in flight."""
+        rows = self.buffer[: self.count]
+        if self.cuda:
+            with torch.cuda.stream(self.compute):
+                emb = self.encoder.embed(rows)
+                encoded = torch.cuda.Event()
+                encoded.record(self.compute)
+            self.download.wait_event(encoded)
+            host = self.results[self.turn][: self.count]
+            self.turn = (self.turn + 1) % self.depth
+            with torch.cuda.stream(self.download):
+                host.copy_(emb, non_blocking=True)
+                done = torch.cuda.Event()
+                done.record(self.download)
+            batch = Batch(self.slots, host, done, [*self.keep, emb])
+        else:
+            batch = Batch(self.slots, self.encoder.encode(rows))
+        self.slots, self.keep, self.count = [], [], 0
+        self.in_flight += 1
+        return batch
 
 
 def decode_workers_for(setting: int | str, threads: int | None = None) -> int:
@@ -155,30 +252,38 @@ def decode_workers_for(setting: int | str, threads: int | None = None) -> int:
 
 def extract(rows: Sequence, out: str | Path, spec: ClipSpec, settings: ExtractionSettings,
             dataset: str = "", shard: str = "", progress: bool = True,
-            clip_model: torch.nn.Module | None = None, threads: int | None = None) -> dict:
+            clip_model: torch.nn.Module | None = None, threads: int | None = None,
+            devices: Sequence[str | torch.device] | None = None) -> dict:
     """Embed every video of `rows` into the store `out`; return timing figures.
 
     ``threads`` is the CPUs the job was given (``decode_workers: auto`` uses all but one).
     `clip_model` replaces the configured model (benchmarks measure the pipeline with a trivial
-    encoder); the store then records the weights as `custom`.
+    encoder); the store then records the weights as `custom`. ``devices`` lists the devices
+    to encode on, one encoder each (default: `encoder_devices` of the settings).
     """
     import time
 
     if not bound_heap_growth():
         log.debug("cannot set the malloc mmap threshold here; memory may grow with video length")
+    targets = ([torch.device(d) for d in devices] if devices
+               else encoder_devices(settings.device, settings.gpus))
     if clip_model is None:
         clip_model, identity = load_clip(spec)
     else:
         identity = "custom"
-    encoder = ImageEncoder(clip_model, settings)
+    # copies first, so that each comes from the tower where it was, not from another device
+    encoders = [ImageEncoder(clip_model, settings, d, copy_tower=True) for d in targets[1:]]
+    encoders.insert(0, ImageEncoder(clip_model, settings, targets[0]))
     dim = int(clip_model.visual.output_dim)
     del clip_model
+    crops = encoders[0].crops
     jobs = plan_jobs(rows, settings)
     prov = extracted_provenance(spec, identity, settings, dim, dataset) | {"shard": shard}
     workers = decode_workers_for(settings.decode_workers, threads)
     routed = sum(job.decoder == "pyav" for job in jobs)
     log.info("%d videos (%d decoded in order with PyAV, the rest with decord), %d decoding "
-             "processes", len(jobs), routed, workers)
+             "processes, encoding on %s", len(jobs), routed, workers,
+             ", ".join(str(d) for d in targets))
     loader = DataLoader(
         DecodeStream(jobs, settings.decode_chunk, settings.decode_timeout),
         batch_size=None,
@@ -186,16 +291,16 @@ def extract(rows: Sequence, out: str | Path, spec: ClipSpec, settings: Extractio
         # a backstop only: each decoding call (open, chunk) has its own deadline, whose error
         # names the file, so this must not fire first
         timeout=2 * settings.decode_timeout + 60 if workers > 0 else 0,
-        pin_memory=encoder.device.type == "cuda",
+        pin_memory=any(d.type == "cuda" for d in targets),
         prefetch_factor=4 if workers > 0 else None,
         persistent_workers=False,
     )
     pending: dict[int, np.ndarray] = {}
     remaining: dict[int, int] = {j: len(job.indices) for j, job in enumerate(jobs)}
-    per_batch = max(1, settings.batch_size // encoder.crops)  # batch_size counts images (crops)
-    buffer = encoder.batch_buffer(per_batch)  # reused: no per-batch allocation or concatenation
-    batch_slots: list[tuple[int, int, int]] = []  # job, offset, count
-    n_batch = 0
+    per_batch = max(1, settings.batch_size // crops)  # batch_size counts images (crops)
+    lanes = [EncoderLane(e, per_batch, dim) for e in encoders]
+    in_flight: deque[tuple[EncoderLane, Batch]] = deque()  # in the order the batches formed
+    turn = 0  # the lane whose batch is being filled
     total_snippets = int(sum(remaining.values()))
     t0 = time.perf_counter()
     bar = tqdm(total=total_snippets, unit="snippet", desc=f"extract {dataset} {shard}".strip(),
@@ -203,41 +308,52 @@ def extract(rows: Sequence, out: str | Path, spec: ClipSpec, settings: Extractio
 
     with bar, StoreWriter(out, prov, dtype=settings.dtype) as writer:
 
-        def flush() -> None:
-            nonlocal n_batch
-            if not n_batch:
-                return
-            emb = encoder.encode(buffer[:n_batch]).numpy()
+        def complete_oldest() -> None:
+            """Scatter the oldest batch's results; write the videos it completes."""
+            owner, batch = in_flight.popleft()
+            emb = batch.wait()
+            owner.in_flight -= 1
             pos = 0
-            for j, off, cnt in batch_slots:
+            for j, off, cnt in batch.slots:
                 pending[j][off : off + cnt] = emb[pos : pos + cnt]
                 pos += cnt
                 remaining[j] -= cnt
                 if remaining[j] == 0:
                     job = jobs[j]
                     writer.add(job.video_id, pending.pop(j), frames=job.frames, fps=job.fps,
-                               crop_ids=list(range(encoder.crops)), decoder=job.decoder)
+                               crop_ids=list(range(crops)), decoder=job.decoder)
             bar.update(pos)
-            batch_slots.clear()
-            n_batch = 0
+
+        def flush() -> None:
+            """Submit the filling batch; the next lane in turn fills the next one."""
+            nonlocal turn
+            lane = lanes[turn]
+            if not lane.count:
+                return
+            while lane.in_flight >= lane.depth:  # its oldest result buffer is reused now
+                complete_oldest()
+            in_flight.append((lane, lane.submit()))
+            turn = (turn + 1) % len(lanes)
 
         for j, off, frames in loader:
             if j not in pending:
-                pending[j] = np.zeros((len(jobs[j].indices), encoder.crops, dim), np.float32)
+                pending[j] = np.zeros((len(jobs[j].indices), crops, dim), np.float32)
             start = 0
             while start < len(frames):
-                take = min(per_batch - n_batch, len(frames) - start)
-                encoder.prepare(frames[start : start + take], out=buffer[n_batch : n_batch + take])
-                batch_slots.append((j, off + start, take))
-                n_batch += take
+                lane = lanes[turn]
+                take = min(per_batch - lane.count, len(frames) - start)
+                lane.add(frames[start : start + take], j, off + start)
                 start += take
-                if n_batch >= per_batch:
+                if lane.count >= per_batch:
                     flush()
         flush()
+        while in_flight:
+            complete_oldest()
         if pending:
             missing = [jobs[j].video_id for j in pending]
             raise RuntimeError(f"videos left incomplete after decoding: {missing}")
     seconds = time.perf_counter() - t0
     frames_total = int(sum(job.frames for job in jobs))
     return {"videos": len(jobs), "snippets": total_snippets, "video_frames": frames_total,
-            "seconds": seconds, "device": str(encoder.device)}
+            "seconds": seconds, "device": ", ".join(str(d) for d in targets),
+            "encoders": len(lanes)}

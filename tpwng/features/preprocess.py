@@ -25,10 +25,23 @@ def n_crops(mode: str) -> int:
     return CROP_MODES[mode]
 
 
+_SCALES: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _mean_inv_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP's mean and 1 / std on the 0..255 scale, [3, 1, 1] on `device`, made once per device:
+    a copy to a GPU on every call would make the host wait for the GPU's stream each time."""
+    if device not in _SCALES:
+        with torch.inference_mode(False):  # ordinary tensors, usable in and out of it
+            mean = torch.tensor(CLIP_MEAN).view(3, 1, 1) * 255.0
+            inv_std = 1.0 / (torch.tensor(CLIP_STD).view(3, 1, 1) * 255.0)
+            _SCALES[device] = (mean.to(device), inv_std.to(device))
+    return _SCALES[device]
+
+
 def _normalize_(x: torch.Tensor) -> torch.Tensor:
     """Float [..., 3, H, W] holding 0..255 -> CLIP-normalised, in place (no temporaries)."""
-    mean = torch.tensor(CLIP_MEAN, device=x.device).view(3, 1, 1) * 255.0
-    inv_std = 1.0 / (torch.tensor(CLIP_STD, device=x.device).view(3, 1, 1) * 255.0)
+    mean, inv_std = _mean_inv_std(x.device)
     return x.sub_(mean).mul_(inv_std)
 
 

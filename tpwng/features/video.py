@@ -46,6 +46,7 @@ import numpy as np
 from tpwng.data.grid import sample_indices
 from tpwng.features.pyav_reader import SequentialReader
 from tpwng.features.routing import choose_decoder, inspect_stream
+from tpwng.heap import bound_heap_growth
 
 DECODE_TIMEOUT = 600.0  # seconds one decoding call (open, probe, one chunk) may take
 HELPER_MAX_RSS = 2 << 30  # a decoding child using more memory is replaced between videos
@@ -313,13 +314,9 @@ def serve_decoding() -> None:
     """The decoding child: answer (op, args...) requests from stdin on the original stdout."""
     _die_with_parent(int(sys.argv[1]) if len(sys.argv) > 1 else 0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when this process ends
-    if sys.platform.startswith("linux"):
-        # frame chunks come from mmap and go back when freed (as features.bound_heap_growth
-        # does in the extracting process), so this process does not creep over long videos
-        import ctypes
-
-        with suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    # frame chunks come from mmap and go back when freed, as in the extracting process, so
+    # this process does not creep over long videos
+    bound_heap_growth()
     out = os.dup(1)
     os.dup2(2, 1)  # anything a library prints goes to stderr, not into the answers
     reader = _Reader()

@@ -12,11 +12,15 @@ with ``β = q·k / √d_head``. ``F`` is a fixed constant, ``span_scale`` (256, 
 cap), so that a video scored whole or as a stream gives the same result and training and test
 agree; ``span_scale=None`` uses each sequence's valid length instead (DESIGN 8 as written).
 
-Eq. 9 is a softmax with an additive mask: ``ω = softmax(β + log χ)`` (``log 0 = -inf``), so the
-default attention (``attention_impl="sdpa"``) is PyTorch's fused
+Eq. 9 is a softmax with an additive mask: ``ω = softmax(β + log χ)`` (``log 0 = -inf``). Three
+implementations compute it (``attention_impl``): ``"sdpa"``, PyTorch's fused
 `torch.nn.functional.scaled_dot_product_attention` with the float mask ``log χ`` (`log_span_mask`),
-through which the span parameters ``c, b`` get their gradient; ``"manual"`` is the hand-written
-Eq. 9 (the reference, and the path that returns the weights ω).
+through which the span parameters ``c, b`` get their gradient; ``"fused"``, the same softmax with
+its forward and backward written out per head (`_SpanAttention`: no head copies, one score tensor,
+the mask's gradient sent straight to the spans), the fastest on a CPU while training, where SDPA
+can only run its unfused MATH backend; ``"manual"``, Eq. 9 written out with autograd (the
+reference, and the path that returns the weights ω). The default ``"auto"`` is ``fused`` while
+training on the CPU and ``sdpa`` everywhere else (inference, CUDA, autocast).
 
 No positional encoding is added: the causal mask and the distance-based span supply the order.
 Because χ is 0 for ``h ≥ F + R``, long sequences are attended in query chunks over a key window
@@ -36,7 +40,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 TEMPORAL_KINDS = ("tcsal", "transformer")
-ATTENTION_IMPLS = ("sdpa", "manual")
+ATTENTION_IMPLS = ("auto", "sdpa", "fused", "manual")
 
 # On CUDA the flash kernel takes no attn_mask, and cuDNN attention does not differentiate its
 # attn_bias (its backward returns dq, dk, dv only; attn_bias is non-differentiable in
@@ -149,15 +153,21 @@ def dropout_mask(shape: torch.Size, p: float, device: torch.device) -> tuple[tor
 
 
 class _ResidualDropout(torch.autograd.Function):
-    """``x + dropout(a)`` written into ``a`` (an intermediate nobody else reads)."""
+    """``x + dropout(a)`` in one new tensor (``a`` is a projection's output, a view: changing it
+    in place would have autograd copy the whole base back in the backward)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, a: torch.Tensor, p: float) -> torch.Tensor:
-        drop, scale = _residual_dropout_(x, a, p)
-        ctx.mark_dirty(a)
+        drop, scale = None, 1.0
+        if p > 0:
+            drop, scale = dropout_mask(a.shape, p, a.device)
+            out = a.masked_fill(drop, 0.0)
+            torch.add(x, out, alpha=scale, out=out)
+        else:
+            out = x + a
         ctx.save_for_backward(drop)
         ctx.scale = scale
-        return a
+        return out
 
     @staticmethod
     def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
@@ -212,8 +222,8 @@ class _FeedForwardResidual(torch.autograd.Function):
         s, a = ctx.scale, ctx.alpha * ctx.scale
         gw2 = torch.mm(gy.t(), h).mul_(a) if need[3] else None
         gb2 = gy.sum(0).mul_(s) if need[4] else None
-        gh = torch.mm(gy, w2)  # ∂L/∂h / a, before the ReLU and dropout mask
-        torch.ops.aten.threshold_backward.grad_input(gh, h, 0.0, grad_input=gh)
+        # ∂L/∂h / a, masked by ReLU and dropout (h > 0); out of place: the in-place form copies
+        gh = torch.ops.aten.threshold_backward(torch.mm(gy, w2), h, 0.0)
         gx = torch.addmm(g, gh, w1, alpha=a) if need[0] else None
         gw1 = torch.mm(gh.t(), x).mul_(a) if need[1] else None
         gb1 = gh.sum(0).mul_(a) if need[2] else None
@@ -255,6 +265,90 @@ class _MergeHeads(torch.autograd.Function):
         return g.reshape(ctx.shape).transpose(1, 2).contiguous()
 
 
+class _SpanAttention(torch.autograd.Function):
+    """Eq. 9 over whole sequences, forward and backward written out per head (the CPU's
+    training path, ``attention_impl="fused"``).
+
+    Reads ``q, k, v`` of head ``h`` as strided views of the projections ``[B, T, 3D]`` and writes
+    each head's context into its columns of ``[B, T, D]``: no head is split or merged by a copy.
+    Per head one ``[B, T, T]`` score tensor is made: ``log χ`` (`_log_chi`), the scores added
+    into it (``baddbmm``), the softmax taken in place; dropout uses `dropout_mask`. Saved: the
+    weights ``P`` and, with dropout, the dropped and rescaled ``P̃``. The backward uses
+    ``Σ_r ∂L/∂P̃_r · P̃_r = ∂L/∂o · o`` (no ``[T, T]`` reduction), returns the gradient of ``log χ``
+    straight to the spans (``∂ log χ / ∂z = 1 / (R χ)`` on the ramp, 0 elsewhere), and writes
+    ``∂L/∂q, ∂L/∂k, ∂L/∂v`` into the columns of one ``[B, T, 3D]`` gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, qkv: torch.Tensor, z: torch.Tensor, base: torch.Tensor, R: float,
+                heads: int, p: float) -> torch.Tensor:
+        B, T, D3 = qkv.shape
+        D = D3 // 3
+        d = D // heads
+        scale = 1.0 / math.sqrt(d)
+        out = qkv.new_empty(B, T, D)
+        saved = []
+        for h, (q, k, v) in enumerate(_head_views(qkv, heads)):
+            s = _log_chi(z[:, h], base, R)  # [B, T, T]
+            s.baddbmm_(q, k.transpose(1, 2), alpha=scale)
+            w = torch.ops.aten._softmax.out(s, -1, False, out=s)
+            wd = w
+            if p > 0:
+                drop, keep_scale = dropout_mask(w.shape, p, w.device)
+                wd = w.mul(keep_scale).masked_fill_(drop, 0.0)
+                del drop
+            torch.bmm(wd, v, out=out[:, :, h * d : (h + 1) * d])
+            saved += [w] if p == 0 else [w, wd]
+        ctx.save_for_backward(qkv, z, base, out, *saved)
+        ctx.R, ctx.heads, ctx.dropout, ctx.scale = R, heads, p > 0, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        qkv, z, base, out, *saved = ctx.saved_tensors
+        heads, scale, R = ctx.heads, ctx.scale, ctx.R
+        B, T, D = out.shape
+        d = D // heads
+        g = g.contiguous()
+        delta = (g * out).view(B, T, heads, d).sum(-1).transpose(1, 2)  # [B, H, T]: ∂L/∂o · o
+        gqkv = qkv.new_empty(qkv.shape)
+        gz = z.new_empty(z.shape)
+        per_head = 2 if ctx.dropout else 1
+        for h, (q, k, v) in enumerate(_head_views(qkv, heads)):
+            w = saved[per_head * h]
+            wd = saved[per_head * h + 1] if ctx.dropout else w
+            cols = slice(h * d, (h + 1) * d)
+            go = g[:, :, cols]
+            gv = gqkv[:, :, 2 * D + cols.start : 2 * D + cols.stop]
+            torch.bmm(wd.transpose(1, 2), go, out=gv)
+            gs = torch.bmm(go, v.transpose(1, 2))  # ∂L/∂P̃, then ∂L/∂s in place
+            dh = delta[:, h, :, None]
+            if ctx.dropout:
+                gs.mul_(wd).addcmul_(w, dh, value=-1.0)  # P̃ ⊙ ∂L/∂P̃ − P ⊙ (∂L/∂o · o)
+            else:
+                gs.sub_(dh).mul_(w)
+            # ∂L/∂z = Σ_r ∂L/∂s_r / (R χ_r) on the ramp 0 < χ < 1: 1/χ there is > 1, on the
+            # plateau ≤ 1 (thresholded to 0); where χ = 0 it is capped (there ∂L/∂s = 0).
+            inv = torch.add(base, z[:, h, :, None], alpha=1.0 / R)  # χ before clamping
+            inv.clamp_min_(_TINY).reciprocal_()
+            F.threshold(inv, 1.0, 0.0, inplace=True)
+            gz[:, h] = inv.mul_(gs).sum(-1).div_(R)
+            del inv
+            gs.mul_(scale)  # ∂L/∂β → ∂L/∂(q·k)
+            torch.bmm(gs, k, out=gqkv[:, :, cols])
+            torch.bmm(gs.transpose(1, 2), q, out=gqkv[:, :, D + cols.start : D + cols.stop])
+        return gqkv, gz, None, None, None, None
+
+
+def _head_views(qkv: torch.Tensor, heads: int):
+    """``(q, k, v)`` of each head: ``[B, T, D/H]`` views into the projections ``[B, T, 3D]``."""
+    D = qkv.shape[-1] // 3
+    d = D // heads
+    for h in range(heads):
+        cols = slice(h * d, (h + 1) * d)
+        yield tuple(qkv[:, :, i * D + cols.start : i * D + cols.stop] for i in range(3))
+
+
 def _fusable(x: torch.Tensor) -> bool:
     """The hand-fused layer pieces run in the tensor's own dtype, so not under autocast."""
     return not torch.is_autocast_enabled(x.device.type)
@@ -280,14 +374,16 @@ class AdaptiveSpanAttention(nn.Module):
         span_scale: ``F`` of Eq. 8; None uses each sequence's valid length.
         dropout: dropout on the attention weights.
         chunk_size: queries per block for long sequences (fixed ``F`` only).
-        attention_impl: ``"sdpa"`` (fused `scaled_dot_product_attention` with the mask
-            ``log χ``) or ``"manual"`` (Eq. 9 written out); an attribute, switchable any time.
+        attention_impl: ``"auto"``, ``"sdpa"`` (`scaled_dot_product_attention` with the mask
+            ``log χ``), ``"fused"`` (`_SpanAttention`, whole unchunked sequences; chunks and
+            streams go through SDPA) or ``"manual"`` (Eq. 9 written out); see the module
+            docstring. An attribute, switchable any time.
 
-    Backends: while the mask needs a gradient (training), the CPU runs SDPA's MATH backend (its
-    flash kernel does not differentiate the mask), and on CUDA SDPA is limited to the
-    memory-efficient kernel, MATH as fallback (the flash kernel takes no mask, cuDNN's does not
-    differentiate it). Without a gradient the default dispatch runs: the flash kernel, with the
-    mask, on the CPU (no dropout).
+    SDPA backends: while the mask needs a gradient (training), the CPU runs the MATH backend (its
+    flash kernel does not differentiate the mask: ``auto`` uses ``fused`` there), and on CUDA
+    SDPA is limited to the memory-efficient kernel, MATH as fallback (the flash kernel takes no
+    mask, cuDNN's does not differentiate it). Without a gradient the default dispatch runs: the
+    flash kernel, with the mask, on the CPU (no dropout).
     """
 
     def __init__(
@@ -298,7 +394,7 @@ class AdaptiveSpanAttention(nn.Module):
         span_scale: float | None = 256,
         dropout: float = 0.0,
         chunk_size: int = 1024,
-        attention_impl: str = "sdpa",
+        attention_impl: str = "auto",
     ) -> None:
         super().__init__()
         if dim % heads:
@@ -348,12 +444,28 @@ class AdaptiveSpanAttention(nn.Module):
         and z ``[B, heads, T]``.
         """
         valid = None if mask is None else _valid(x, mask)
+        if not return_weights and self._fused_here(x):
+            z = self.spans(x, valid).float()
+            base = _ramp_base(x.shape[1], x.shape[1], 0, 0, self.R, valid, x.device)[:, 0]
+            p = self.attn_drop.p if self.training else 0.0
+            return self.out_proj(_SpanAttention.apply(self.qkv(x), z, base, self.R,
+                                                      self.heads, p))
         q, k, v = self.project(x)
         z = self.spans(x, valid)
         if return_weights:
             ctx, weights = self._attend_manual(q, k, v, z, _valid(x, valid), 0, 0)
             return self._merge(ctx), weights, z
         return self._merge(self.attend(q, k, v, z, valid, 0, 0))
+
+    def _fused_here(self, x: torch.Tensor) -> bool:
+        """Whether `_SpanAttention` attends ``x`` whole: ``fused``, or ``auto`` while training
+        on the CPU (a gradient to compute, no autocast); never for a chunked sequence."""
+        if self.span_scale is not None and x.shape[1] > self.chunk_size:
+            return False
+        if self.attention_impl == "fused":
+            return True
+        return (self.attention_impl == "auto" and x.device.type == "cpu" and _fusable(x)
+                and torch.is_grad_enabled() and self.qkv.weight.requires_grad)
 
     def step(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Attend the next positions ``x`` ``[B, n, D]`` (all valid) of a sequence whose last
@@ -383,7 +495,7 @@ class AdaptiveSpanAttention(nn.Module):
         query); ``[B, heads, Tq, head_dim]``. With a fixed F, long query runs go in chunks of
         ``chunk_size`` over the key window ``ceil(F + R)`` each needs."""
         Tq = q.shape[2]
-        one = self._attend_sdpa if self.attention_impl == "sdpa" else self._attend_manual
+        one = self._attend_manual if self.attention_impl == "manual" else self._attend_sdpa
         if self.span_scale is None or Tq <= self.chunk_size:
             return one(q, k, v, z, key_valid, q0, k0)[0]
         blocks = []
@@ -456,7 +568,7 @@ class TCSALLayer(nn.Module):
         span_scale: float | None = 256,
         ff_dim: int = 2048,
         dropout: float = 0.1,
-        attention_impl: str = "sdpa",
+        attention_impl: str = "auto",
     ) -> None:
         super().__init__()
         self.attn = AdaptiveSpanAttention(dim, heads, R, span_scale, dropout,
@@ -511,7 +623,7 @@ class TCSAL(nn.Module):
         span_scale: float | None = 256,
         ff_dim: int = 2048,
         dropout: float = 0.1,
-        attention_impl: str = "sdpa",
+        attention_impl: str = "auto",
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
@@ -521,7 +633,7 @@ class TCSAL(nn.Module):
 
     @property
     def attention_impl(self) -> str:
-        """``"sdpa"`` or ``"manual"`` (Eq. 9 written out); setting it sets every layer's."""
+        """One of `ATTENTION_IMPLS` (see the module docstring); setting it sets every layer's."""
         return self.layers[0].attn.attention_impl
 
     @attention_impl.setter

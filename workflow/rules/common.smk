@@ -31,6 +31,12 @@ def settings_of(stage):
     return params
 
 
+def extraction_gpus(wildcards):
+    """GPUs of one extraction job: extraction.gpus, auto meaning one."""
+    gpus = ds(wildcards.dataset)["extraction"]["gpus"]
+    return 1 if gpus == "auto" else int(gpus)
+
+
 def n_shards(name):
     return int(ds(name)["extraction"]["shards"])
 

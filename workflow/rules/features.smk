@@ -1,5 +1,6 @@
 rule extract_shard:
-    """Decode one shard's videos and embed one frame per snippet with the frozen CLIP encoder."""
+    """Decode one shard's videos and embed one frame per snippet with the frozen CLIP encoder
+    (one encoder per GPU the job is given: extraction.gpus)."""
     input:
         "data/{dataset}/manifest.tsv",
     output:
@@ -10,7 +11,7 @@ rule extract_shard:
         "logs/{dataset}/extract-{shard}-of-{nshards}.log",
     threads: lambda w: int(ds(w.dataset)["extraction"]["threads"])
     resources:
-        gpu=1,
+        gpu=extraction_gpus,
         mem_mb=16000,
         runtime=240,
     conda:
@@ -18,7 +19,7 @@ rule extract_shard:
     shell:
         "tpwng extract --settings {params.settings:q} --manifest {input} "
         "--shard {wildcards.shard} --shards {wildcards.nshards} --threads {threads} "
-        "--out {output} 2> {log}"
+        "--gpus {resources.gpu} --out {output} 2> {log}"
 
 
 rule import_released:

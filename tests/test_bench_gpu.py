@@ -1,0 +1,79 @@
+"""`tpwng bench gpu`: the one-shot GPU-box benchmark, run end to end at tiny sizes here."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tpwng.cli import build_parser
+
+TPWNG = Path(sys.executable).parent / "tpwng"
+FIGURES = [
+    "decode_1proc_fps", "decode_all_fps", "encoder_images_per_s",
+    "end_to_end_center_fps", "end_to_end_center_crops_per_s",
+    "end_to_end_tencrop_fps", "end_to_end_tencrop_crops_per_s",
+    "peer_baseline_fps", "speedup_over_peer",
+    "train_seconds_per_epoch", "train_seconds_all_epochs", "total_s",
+]
+TARGETS = {"centre_crop_vs_decode", "tencrop_vs_encoder", "speedup_over_peer",
+           "train_50_epochs"}
+
+
+def _bench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(TPWNG), "bench", "gpu", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300, env=os.environ | {"HF_HUB_OFFLINE": "1"})
+
+
+def test_quick_run_writes_every_figure_and_target(tmp_path):
+    out = tmp_path / "gpu.json"
+    run = _bench("--quick", "--model", "tpwng-tiny-ViT-B-16", "--workdir", str(tmp_path / "w"),
+                 "--out", str(out), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    r = json.loads(out.read_text())
+    for key in FIGURES:
+        assert math.isfinite(r[key]) and r[key] > 0, key
+    assert r["sizes"] == "quick" and r["videos"]["distinct"] == 2
+    assert len(list((tmp_path / "w").glob("pattern-*.mp4"))) == 2  # kept for the next run
+    assert not list((tmp_path / "w").glob("*.h5"))
+    assert r["decode_all_frames"] > 0 and r["end_to_end_tencrop_frames"] > 0
+    assert r["speedup_over_peer"] == pytest.approx(r["end_to_end_center_fps"]
+                                                   / r["peer_baseline_fps"])
+    assert 1 <= r["train_epochs_timed"] <= 2 and "of 2 epochs timed" in r["train_timed"]
+    assert set(r["targets"]) == TARGETS
+    for name, t in r["targets"].items():
+        assert set(t) == {"figure", "bound", "rule", "pass"} and isinstance(t["pass"], bool)
+        assert name in run.stdout
+    t = r["targets"]
+    assert t["centre_crop_vs_decode"]["bound"] == pytest.approx(0.85 * r["decode_all_fps"])
+    assert t["tencrop_vs_encoder"]["bound"] == pytest.approx(0.85 * r["encoder_images_per_s"])
+    assert (t["speedup_over_peer"]["bound"], t["train_50_epochs"]["bound"]) == (15.0, 120.0)
+    assert t["train_50_epochs"]["pass"] == (r["train_seconds_all_epochs"] < 120)
+    assert "[" in run.stderr and "done" in run.stderr  # progress on stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_full_run_without_cuda_refuses_in_one_line(tmp_path):
+    run = _bench("--workdir", str(tmp_path / "w"), cwd=tmp_path)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        "tpwng bench: error: no usable CUDA device here: the full run measures a GPU box; "
+        "--quick runs every phase at tiny sizes on this machine"]
+    assert not (tmp_path / "w").exists()
+
+
+def test_help_documents_the_one_shot_run(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["bench", "gpu", "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for phrase in ("at most 8 minutes", "benchmarks/gpu-<host>.json", "benchmarks/.gpu-work",
+                   "--quick", "0.85 x the all-process decode rate", "15 x the peer-style",
+                   "50 epochs < 120 s"):
+        assert phrase in text, phrase
