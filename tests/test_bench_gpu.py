@@ -77,3 +77,18 @@ def test_help_documents_the_one_shot_run(capsys):
                    "--quick", "0.85 x the all-process decode rate", "15 x the peer-style",
                    "50 epochs < 120 s"):
         assert phrase in text, phrase
+
+
+def test_bench_takes_its_videos_before_or_after_its_options():
+    from tpwng.cli import parse_args
+
+    after = parse_args(["bench", "extract", "--model", "trivial", "--no-baseline", "a.mp4",
+                        "b.mp4"])
+    before = parse_args(["bench", "extract", "a.mp4", "b.mp4", "--model", "trivial",
+                         "--no-baseline"])
+    assert after.videos == before.videos == ["a.mp4", "b.mp4"]
+    assert after.model == before.model == "trivial" and after.no_baseline
+    with pytest.raises(SystemExit):
+        parse_args(["bench", "extract", "--model", "trivial", "a.mp4", "--no-such-option"])
+    with pytest.raises(SystemExit):
+        parse_args(["synth", "--settings", "{}", "--out", "x", "stray"])  # valid but the stray
