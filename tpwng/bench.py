@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import platform
 import resource
 import socket
@@ -35,6 +36,7 @@ from tpwng.features.extract import (
     DecodeStream,
     ExtractionSettings,
     ImageEncoder,
+    decode_workers_for,
     extract,
     plan_jobs,
 )
@@ -73,17 +75,27 @@ def _rows(videos: list[Path]) -> list[SimpleNamespace]:
     return rows
 
 
-def decode_only(rows, settings: ExtractionSettings) -> float:
-    """Video frames per second of decoding (sampled frames) with the configured workers."""
+def decode_rate(rows, settings: ExtractionSettings, workers: int,
+                budget_s: float = math.inf) -> dict:
+    """Video frames/s of extraction's decoding alone (the sampled frames, through its decoding
+    processes: `workers` of them, 0 = this process's), stopped after `budget_s`; a video
+    counts the frames of the snippets decoded so far."""
     from torch.utils.data import DataLoader
 
     jobs = plan_jobs(rows, settings)
     loader = DataLoader(DecodeStream(jobs, settings.decode_chunk), batch_size=None,
-                        num_workers=settings.decode_workers)
+                        num_workers=workers, prefetch_factor=4 if workers else None)
+    seen = [0] * len(jobs)
     t0 = time.perf_counter()
-    for _ in loader:
-        pass
-    return sum(r.frames for r in rows) / (time.perf_counter() - t0)
+    batches = iter(loader)
+    for j, _, frames in batches:
+        seen[j] += len(frames)
+        if time.perf_counter() - t0 > budget_s:
+            break
+    seconds = time.perf_counter() - t0
+    del batches  # stops the workers
+    frames = sum(min(n * settings.stride, job.frames) for n, job in zip(seen, jobs, strict=True))
+    return {"fps": frames / seconds, "frames": frames, "seconds": seconds}
 
 
 def encode_only(encoder: ImageEncoder, settings: ExtractionSettings, seconds: float = 5.0) -> float:
@@ -145,7 +157,8 @@ def bench_extract(videos: list[Path], spec: ClipSpec, settings: ExtractionSettin
         "video_frames": sum(r.frames for r in rows), "stride": settings.stride,
         "torch_threads": torch.get_num_threads(),
     }
-    result["decode_fps"] = decode_only(rows, settings)
+    workers = decode_workers_for(settings.decode_workers)
+    result["decode_fps"] = decode_rate(rows, settings, workers)["fps"]
     imgs = encode_only(encoder, settings)
     result["encode_images_per_s"] = imgs
     result["encode_equiv_fps"] = imgs * settings.stride / encoder.crops
@@ -441,16 +454,16 @@ def _moving_pattern(n: int, width: int, height: int, seed: int = 0) -> Iterator[
         yield base[:, off : off + width]
 
 
-def long_video(path: Path, seconds: int, fps: float = 25.0, width: int = 320,
-               height: int = 240) -> Path:
+def long_video(path: Path, seconds: float, fps: float = 25.0, width: int = 320,
+               height: int = 240, seed: int = 0) -> Path:
     """A generated H.264 video of the given length (kept for later runs)."""
     from tpwng.data.synthetic import SyntheticSpec, write_video
 
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         spec = SyntheticSpec(fps=fps, width=width, height=height)
-        print(f"writing {path} ({seconds} s)", file=sys.stderr)
-        write_video(path, _moving_pattern(int(seconds * fps), width, height), spec)
+        print(f"writing {path} ({seconds:g} s)", file=sys.stderr)
+        write_video(path, _moving_pattern(round(seconds * fps), width, height, seed), spec)
     return path
 
 
@@ -684,12 +697,9 @@ GPU_TARGETS = {
 
 
 def _write_pattern_video(job: tuple[Path, int, int]) -> None:
-    """In a worker process: one generated video (path, frames, seed)."""
-    from tpwng.data.synthetic import SyntheticSpec, write_video
-
+    """In a worker process: one generated 320x240 video at 25 fps (path, frames, seed)."""
     path, frames, seed = job
-    spec = SyntheticSpec(fps=25.0, width=320, height=240)
-    write_video(path, _moving_pattern(frames, 320, 240, seed=seed), spec)
+    long_video(path, frames / 25.0, seed=seed)
 
 
 def pattern_videos(workdir: Path, count: int, frames: int) -> list[Path]:
@@ -720,28 +730,6 @@ def repeated_rows(rows: list, frames: int) -> list[SimpleNamespace]:
         out.append(SimpleNamespace(**{**vars(r), "video_id": f"{r.video_id}-{len(out)}"}))
         total += r.frames
     return out
-
-
-def decode_rate(rows, settings: ExtractionSettings, workers: int, budget_s: float) -> dict:
-    """Video frames/s of extraction's decoding alone (the sampled frames, through its decoding
-    processes: `workers` of them, 0 = this process's), stopped after `budget_s`; a video
-    counts the frames of the snippets decoded so far."""
-    from torch.utils.data import DataLoader
-
-    jobs = plan_jobs(rows, settings)
-    loader = DataLoader(DecodeStream(jobs, settings.decode_chunk), batch_size=None,
-                        num_workers=workers, prefetch_factor=4 if workers else None)
-    seen = [0] * len(jobs)
-    t0 = time.perf_counter()
-    batches = iter(loader)
-    for j, _, frames in batches:
-        seen[j] += len(frames)
-        if time.perf_counter() - t0 > budget_s:
-            break
-    seconds = time.perf_counter() - t0
-    del batches  # stops the workers
-    frames = sum(min(n * settings.stride, job.frames) for n, job in zip(seen, jobs, strict=True))
-    return {"fps": frames / seconds, "frames": frames, "seconds": seconds}
 
 
 def _check_targets(result: dict) -> dict:
@@ -775,7 +763,6 @@ def bench_gpu(workdir: Path, out: Path | None, spec: ClipSpec,
     import os
 
     from tpwng.device import resolve_device
-    from tpwng.features.extract import decode_workers_for
 
     start = time.perf_counter()
 

@@ -89,28 +89,32 @@ def _log_chi(z: torch.Tensor, base: torch.Tensor, R: float) -> torch.Tensor:
     return F.threshold(m, _LOG_TINY, float("-inf"), inplace=True)
 
 
-class _LogSpanMask(torch.autograd.Function):
-    """``log χ`` from ``z`` with a hand-written backward (no ``B×H×Tq×Tk`` autograd chain).
+def _span_grad(g: torch.Tensor, z: torch.Tensor, base: torch.Tensor, R: float) -> torch.Tensor:
+    """``∂L/∂z`` from the gradient ``g`` reaching the mask ``log χ`` (`_log_chi` of ``z``,
+    ``base``): ``∂ log χ / ∂z = 1 / (R χ)`` on the ramp ``0 < χ < 1`` and 0 elsewhere, so
+    ``∂L/∂z = Σ_r g_r / (R χ_r)`` over the ramp."""
+    inv = torch.add(base, z.unsqueeze(-1), alpha=1.0 / R)  # χ before clamping
+    # 1/χ: > 1 on the ramp, ≤ 1 on the plateau (zeroed by the threshold), capped where χ = 0
+    # (there g = 0: those keys have weight 0)
+    inv.clamp_min_(_TINY).reciprocal_()
+    F.threshold(inv, 1.0, 0.0, inplace=True)
+    return inv.mul_(g).sum(-1).div_(R)
 
-    ``∂ log χ / ∂z = 1 / (R χ)`` on the ramp ``0 < χ < 1`` and 0 elsewhere, so
-    ``∂L/∂z = Σ_r g_r / (R χ_r)`` over the ramp, with ``g`` the gradient reaching the mask.
-    """
+
+class _LogSpanMask(torch.autograd.Function):
+    """``log χ`` from ``z`` with a hand-written backward (`_span_grad`: no ``B×H×Tq×Tk``
+    autograd chain, and only ``z`` and the ramp base saved)."""
 
     @staticmethod
     def forward(ctx, z: torch.Tensor, base: torch.Tensor, R: float) -> torch.Tensor:
-        m = _log_chi(z, base, R)
-        ctx.save_for_backward(m)
+        ctx.save_for_backward(z, base)
         ctx.R = R
-        return m
+        return _log_chi(z, base, R)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        (m,) = ctx.saved_tensors
-        # 1/χ = exp(-log χ): 1 on the plateau (zeroed by the threshold), > 1 on the ramp, and
-        # capped where χ = 0 (there g = 0: those keys have weight 0).
-        inv = torch.neg(m).clamp_(max=80.0).exp_()
-        F.threshold(inv, 1.0, 0.0, inplace=True)
-        return inv.mul_(g).sum(-1).div_(ctx.R), None, None
+        z, base = ctx.saved_tensors
+        return _span_grad(g, z, base, ctx.R), None, None
 
 
 def log_span_mask(
@@ -158,13 +162,7 @@ class _ResidualDropout(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, a: torch.Tensor, p: float) -> torch.Tensor:
-        drop, scale = None, 1.0
-        if p > 0:
-            drop, scale = dropout_mask(a.shape, p, a.device)
-            out = a.masked_fill(drop, 0.0)
-            torch.add(x, out, alpha=scale, out=out)
-        else:
-            out = x + a
+        out, drop, scale = _residual_dropout(x, a, p, in_place=False)
         ctx.save_for_backward(drop)
         ctx.scale = scale
         return out
@@ -177,16 +175,18 @@ class _ResidualDropout(torch.autograd.Function):
         return g, g.masked_fill(drop, 0.0).mul_(ctx.scale), None
 
 
-def _residual_dropout_(
-    x: torch.Tensor, a: torch.Tensor, p: float
-) -> tuple[torch.Tensor | None, float]:
-    """``a ← x + dropout(a)`` in place; the drop mask (None without dropout) and the scale."""
+def _residual_dropout(
+    x: torch.Tensor, a: torch.Tensor, p: float, in_place: bool
+) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+    """``x + dropout(a)``, written into ``a`` or into a new tensor; with the drop mask (None
+    without dropout) and the kept values' scale."""
     drop, scale = None, 1.0
     if p > 0:
         drop, scale = dropout_mask(a.shape, p, a.device)
-        a.masked_fill_(drop, 0.0)
-    torch.add(x, a, alpha=scale, out=a)
-    return drop, scale
+        a = a.masked_fill_(drop, 0.0) if in_place else a.masked_fill(drop, 0.0)
+    elif not in_place:
+        return x + a, None, 1.0
+    return torch.add(x, a, alpha=scale, out=a), drop, scale
 
 
 class _FeedForwardResidual(torch.autograd.Function):
@@ -208,7 +208,7 @@ class _FeedForwardResidual(torch.autograd.Function):
             h.masked_fill_(drop, 0.0)
             del drop
         y = torch.addmm(b2, h, w2.t(), alpha=alpha)
-        drop, scale = _residual_dropout_(x, y, p_out)
+        y, drop, scale = _residual_dropout(x, y, p_out, in_place=True)
         ctx.save_for_backward(x, h, w1, w2, drop)
         ctx.alpha, ctx.scale = alpha, scale
         return y
@@ -327,13 +327,7 @@ class _SpanAttention(torch.autograd.Function):
                 gs.mul_(wd).addcmul_(w, dh, value=-1.0)  # P̃ ⊙ ∂L/∂P̃ − P ⊙ (∂L/∂o · o)
             else:
                 gs.sub_(dh).mul_(w)
-            # ∂L/∂z = Σ_r ∂L/∂s_r / (R χ_r) on the ramp 0 < χ < 1: 1/χ there is > 1, on the
-            # plateau ≤ 1 (thresholded to 0); where χ = 0 it is capped (there ∂L/∂s = 0).
-            inv = torch.add(base, z[:, h, :, None], alpha=1.0 / R)  # χ before clamping
-            inv.clamp_min_(_TINY).reciprocal_()
-            F.threshold(inv, 1.0, 0.0, inplace=True)
-            gz[:, h] = inv.mul_(gs).sum(-1).div_(R)
-            del inv
+            gz[:, h] = _span_grad(gs, z[:, h], base, R)  # ∂L/∂s reaches log χ as it is
             gs.mul_(scale)  # ∂L/∂β → ∂L/∂(q·k)
             torch.bmm(gs, k, out=gqkv[:, :, cols])
             torch.bmm(gs.transpose(1, 2), q, out=gqkv[:, :, D + cols.start : D + cols.stop])
