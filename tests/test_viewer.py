@@ -658,3 +658,75 @@ def test_the_demo_dag_writes_a_working_viewer(browser, tiny_local_run, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     text = report.read_text()
     assert "results/synthetic/viewer/index.html" in text and '"Scores"' in text
+
+
+# --------------------------------------------------------------------------- hostile names
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory, sample_videos) -> Path:
+    """Pages of videos named as scripts, with # ? and % (tests/test_hardening.py, case 1)."""
+    from tests.test_hardening import score_hostile_names
+
+    d = tmp_path_factory.mktemp("viewer-hostile")
+    model = _train(d, "tcsal", {"span_scale": 3, "R": 2})
+    return score_hostile_names(model, sample_videos["bigbuckbunny"], d)
+
+
+_HOOK = "window.__pwned = undefined; window.alert = () => { window.__pwned = 'alert'; };"
+
+
+def _click_runs_no_script(driver, url: str, element, files: Path, served: str | None) -> None:
+    """Click `element`: no alert, no script run in the page, and where the browser went, the
+    file the link names."""
+    from urllib.parse import unquote, urlsplit
+
+    from selenium.common.exceptions import NoAlertPresentException
+
+    element.click()
+    time.sleep(0.3)  # a javascript: URL runs after the click returns
+    try:
+        alert = driver.switch_to.alert
+        text = alert.text
+        alert.accept()
+        pytest.fail(f"{url}: a link opened an alert ({text!r})")
+    except NoAlertPresentException:
+        pass
+    now = driver.current_url
+    if now == url:
+        assert _js(driver, "return window.__pwned") is None, url
+        return
+    parts = urlsplit(now)
+    assert parts.scheme == ("http" if served else "file") and not parts.query, now
+    path = unquote(parts.path)
+    target = files / path.removeprefix(served) if served else Path(path)
+    assert target.is_file(), now
+
+
+def test_links_of_hostile_names_run_no_script(browser, hostile):
+    """Issue 23, case 1: clicking every link (and every index row) of pages of videos named
+    `javascript:alert(document.domain);x.mp4`, `a#b?c.mp4`, ... runs no script and opens the
+    file the link names, from file:// and served."""
+    from urllib.parse import quote
+
+    server = make_server(hostile.parent, 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}/"
+    clicked = 0
+    try:
+        for page in sorted(hostile.glob("*.html")):
+            for url, served in ((page.as_uri(), None),
+                                (base + quote(f"{hostile.name}/{page.name}"), "/")):
+                _open(browser, url)
+                count = _js(browser, "return document.querySelectorAll('a, img.thumb').length")
+                assert count >= (3 if page.name != "index.html" else 8)
+                for k in range(count):
+                    _open(browser, url)
+                    _js(browser, _HOOK)
+                    element = browser.find_elements("css selector", "a, img.thumb")[k]
+                    _click_runs_no_script(browser, url, element, hostile.parent, served)
+                    clicked += 1
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert clicked >= 2 * (4 * 3 + 8)

@@ -110,18 +110,26 @@ def read_lines(path: str | os.PathLike[str]) -> list[tuple[int, str]]:
     return lines
 
 
+_INTEGER = re.compile(r"-?[0-9]{1,18}")
+
+
+def parse_int(text: str, where: str, what: str = "interval bounds") -> int:
+    """The one integer parser of annotation, split and manifest files: plain ASCII decimal
+    digits, a leading ``-`` allowed, nothing else (``int()`` would also take ``1_0``, ``+10``,
+    `` 10`` and other scripts' digits, and any length)."""
+    if not _INTEGER.fullmatch(text):
+        raise DatasetError(f"{where}: {what} must be integers written in the digits 0-9, "
+                           f"got {text!r}")
+    return int(text)
+
+
 def parse_intervals(fields: Sequence[str], where: str) -> list[Interval]:
     """Parse ``s1 e1 s2 e2 ...``; a ``-1 -1`` pair marks an absent interval."""
     if len(fields) % 2:
         raise DatasetError(f"{where}: odd number of interval fields ({len(fields)})")
     intervals = []
     for start_text, end_text in zip(fields[::2], fields[1::2], strict=True):
-        try:
-            start, end = int(start_text), int(end_text)
-        except ValueError:
-            raise DatasetError(
-                f"{where}: interval bounds must be integers, got {start_text!r} {end_text!r}"
-            ) from None
+        start, end = parse_int(start_text, where), parse_int(end_text, where)
         if start == -1 and end == -1:
             continue
         if start < 0 or end <= start:
@@ -347,7 +355,7 @@ def _xd_list_names(list_file: str | os.PathLike[str]) -> list[str]:
         if stem.endswith(".npy"):
             stem = stem[:-4]
         head, sep, crop = stem.rpartition("__")
-        if sep and crop.isdigit():
+        if sep and crop.isascii() and crop.isdigit():
             stem = head
         stem = strip_video_extension(stem)
         if not stem:

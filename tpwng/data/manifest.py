@@ -25,6 +25,7 @@ from tpwng.data.datasets import (
     VideoEntry,
     check_unique,
     entries_for,
+    parse_int,
     parse_intervals,
     read_lines,
 )
@@ -377,11 +378,12 @@ def read_manifest(path: str | os.PathLike[str]) -> list[ManifestRow]:
         if len(fields) != len(header):
             raise DatasetError(f"{where}: expected {len(header)} columns, got {len(fields)}")
         value = {name: fields[i].strip() for name, i in col.items()}
+        frames, width, height = (parse_int(value[k], where, k) for k in ("frames", "width",
+                                                                          "height"))
         try:
-            frames, width, height = (int(value[k]) for k in ("frames", "width", "height"))
             fps = float(value["fps"])
         except ValueError:
-            raise DatasetError(f"{where}: frames/fps/width/height must be numbers") from None
+            raise DatasetError(f"{where}: fps must be a number, got {value['fps']!r}") from None
         if value["decoder"] not in MANIFEST_DECODERS:
             raise DatasetError(f"{where}: decoder must be one of {MANIFEST_DECODERS}, got "
                                f"{value['decoder']!r}")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
+from collections.abc import Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -117,28 +120,94 @@ def score_test_set(settings: dict, manifest: Path, features: Path, model_path: P
     return len(rows)
 
 
-def read_scores(path: Path) -> tuple[list[str], dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Video order, frame scores and snippet scores from a scores file."""
+MAX_SCORE_VALUES = 50_000_000  # per video and array: 460 h at 30 fps, 200 MB as float32
+
+
+def _array(f, path: Path, group: str, vid: str, ndim: int,
+           length: int | None = None) -> np.ndarray:
+    """``/group/vid`` of a scores file, checked before it is read: a plain float array of
+    `ndim` dimensions, stored in the file itself, of at most MAX_SCORE_VALUES values (a
+    compressed array may declare far more than the file holds) and, where known, of `length`
+    rows. `StoreError` naming the file otherwise."""
+    import h5py
+
+    where = f"{path}: /{group}/{vid}"
+    if group not in f or not isinstance(f[group], h5py.Group) or vid not in f[group]:
+        raise StoreError(f"{where} is missing (not a scores file of these videos)")
+    if not isinstance(f[group].get(vid, getlink=True), h5py.HardLink):
+        raise StoreError(f"{where} is a link; a scores file holds its arrays itself")
+    ds = f[group][vid]
+    if not isinstance(ds, h5py.Dataset) or ds.is_virtual or ds.external:
+        raise StoreError(f"{where} is not an array stored in the file")
+    if ds.dtype.kind != "f" or ds.ndim != ndim:
+        raise StoreError(f"{where} is {ds.dtype} {ds.shape}; expected {ndim}-D floats")
+    values = math.prod(ds.shape)
+    if values > MAX_SCORE_VALUES:
+        raise StoreError(f"{where} declares {values:,} values (more than {MAX_SCORE_VALUES:,});"
+                         " a damaged or forged file")
+    if length is not None and ds.shape[0] != length:
+        raise StoreError(f"{where} has {ds.shape[0]} values where {length} are expected")
+    try:
+        return ds[()]
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise StoreError(f"{where} cannot be read ({exc})") from None
+
+
+def _order(f, path: Path) -> list[str]:
+    text = f.attrs.get("order")
+    if text is None:
+        raise StoreError(f"{path}: no 'order' attribute (not a scores file)")
+    text = text.decode() if isinstance(text, bytes) else str(text)
+    return text.split("\n") if text else []
+
+
+@contextmanager
+def _scores_file(path: Path):
+    """A scores file open for reading; any malformation a `StoreError` naming it."""
     with open_sealed(path) as f:
-        order = str(f.attrs["order"]).split("\n") if f.attrs["order"] else []
-        frames = {v: f["frames"][v][()] for v in order}
-        snippets = {v: f["snippets"][v][()] for v in order}
-    return order, frames, snippets
+        try:
+            yield f
+        except StoreError:
+            raise
+        except (KeyError, OSError, RuntimeError, ValueError, TypeError) as exc:
+            raise StoreError(f"{path}: not a readable scores file ({exc})") from None
+
+
+def read_scores(path: Path, frames: Mapping[str, int] | None = None
+                ) -> tuple[list[str], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Video order, frame scores and snippet scores from a scores file; with `frames` (video
+    id -> frame count, e.g. from the manifest) each video's arrays must have those frames and
+    their snippets."""
+    with _scores_file(path) as f:
+        order = _order(f, path)
+        stride = int(f.attrs["stride"]) if frames is not None else 1
+        if stride < 1:
+            raise StoreError(f"{path}: stride {stride} is not a positive number of frames")
+        out_frames, out_snippets = {}, {}
+        for v in order:
+            n = frames.get(v) if frames is not None else None
+            out_frames[v] = _array(f, path, "frames", v, 1, n)
+            out_snippets[v] = _array(f, path, "snippets", v, 1,
+                                     None if n is None else -(-n // stride))
+    return order, out_frames, out_snippets
 
 
 def read_class_probs(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
     """Class names and per-video class probabilities ``[T, k]`` from a scores file."""
-    with open_sealed(path) as f:
+    with _scores_file(path) as f:
         if "class_probs" not in f or "classes" not in f.attrs:
             raise StoreError(f"{path}: no class probabilities (scored by an older version; "
                              "score again: snakemake --forcerun infer)")
-        order = str(f.attrs["order"]).split("\n") if f.attrs["order"] else []
+        order = _order(f, path)
         classes = str(f.attrs["classes"]).split("\n")
-        probs = {v: f["class_probs"][v][()] for v in order}
+        probs = {v: _array(f, path, "class_probs", v, 2) for v in order}
     return classes, probs
 
 
 def read_stride(path: Path) -> int:
     """Frames per snippet of the scores in a scores file."""
-    with open_sealed(path) as f:
-        return int(f.attrs["stride"])
+    with _scores_file(path) as f:
+        stride = int(f.attrs["stride"])
+    if stride < 1:
+        raise StoreError(f"{path}: stride {stride} is not a positive number of frames")
+    return stride

@@ -30,12 +30,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any
-from urllib.parse import urlsplit
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,6 +52,8 @@ from tpwng.evaluate.score_video import (
     write_video_outputs,
 )
 from tpwng.features.video import VideoError, VideoInfo
+from tpwng.files import WriteError, is_write_error
+from tpwng.redact import redact_text, redact_url, split_url
 
 LIVE_SCHEMES = ("http", "https", "rtsp", "rtmp", "udp")
 DEVICE = re.compile(r"/dev/video\d+")
@@ -84,18 +85,26 @@ class LiveOptions:
 
 
 def is_live_source(source: str) -> bool:
-    """A stream URL (http(s), rtsp, rtmp, udp) or a V4L2 device (/dev/videoN)."""
-    return (urlsplit(source).scheme.lower() in LIVE_SCHEMES
+    """A stream URL (http(s), rtsp, rtmp, udp; the scheme in any case) or a V4L2 device
+    (/dev/videoN)."""
+    parts = split_url(source)
+    return ((parts is not None and parts.scheme.lower() in LIVE_SCHEMES)
             or DEVICE.fullmatch(source) is not None)
 
 
 def display_source(source: str) -> str:
-    """The source as messages and outputs name it: a URL's password is left out."""
-    parts = urlsplit(source)
-    if parts.password is None:
+    """The source as messages and outputs name it: as given, its credentials, query values and
+    fragment masked (`tpwng.redact.redact_url`)."""
+    return redact_url(source)
+
+
+def ffmpeg_url(source: str) -> str:
+    """What FFmpeg opens: the source with its scheme in lower case (FFmpeg's protocol names
+    are; ``HTTP://`` would be "Protocol not found")."""
+    parts = split_url(source)
+    if parts is None:
         return source
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    return parts.scheme.lower() + source[len(parts.scheme):]
 
 
 def source_stem(source: str) -> str:
@@ -103,13 +112,14 @@ def source_stem(source: str) -> str:
     no credentials, no query)."""
     if DEVICE.fullmatch(source):
         return Path(source).name
-    parts = urlsplit(source)
-    try:
-        port = parts.port
-    except ValueError:
-        raise LiveError(f"{display_source(source)}: the URL's port is not a number") from None
-    names = [parts.hostname or "stream", *([str(port)] if port else [])]
-    segments = [s for s in parts.path.split("/") if s]
+    parts = split_url(source)
+    host, port, path = ("", None, source) if parts is None else (parts.host, parts.port,
+                                                                  parts.path)
+    if port and not (port.isascii() and port.isdigit() and int(port) <= 65535):
+        raise LiveError(f"{display_source(source)}: the URL's port {port!r} is not a port "
+                        "number")
+    names = [host.strip("[]") or "stream", *([str(int(port))] if port else [])]
+    segments = [s for s in path.split("/") if s]
     if segments:
         segments[-1] = Path(segments[-1]).stem or segments[-1]
     stem = re.sub(r"[^A-Za-z0-9.-]+", "_", "_".join(names + segments)).strip("._")
@@ -201,7 +211,7 @@ class _Reader(threading.Thread):
         if DEVICE.fullmatch(self.source):
             kwargs["format"] = "v4l2"
         with _ffmpeg_errors():
-            container = av.open(self.source, **kwargs)
+            container = av.open(ffmpeg_url(self.source), **kwargs)
         if not container.streams.video:
             kinds = sorted({s.type for s in container.streams}) or ["none"]
             container.close()
@@ -337,14 +347,76 @@ def _caught_signals() -> Iterator[list[str]]:
             signal.signal(s, h)
 
 
+class _Lines:
+    """The JSON-lines file: whole lines only. A line is written in full or not at all: a write
+    that fails (a full disk, a size limit, any OSError) is cut back to the last whole line, and
+    the file takes no more lines; `failed` keeps the error."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+        self.count = 0  # lines written by this run
+        self.failed: OSError | None = None
+
+    def write(self, text: str) -> None:
+        if self.failed is not None:
+            return
+        data = memoryview((text + "\n").encode("utf-8"))
+        start = None
+        try:
+            if self.fd is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                _cut_to_whole_lines(self.path, self.fd)
+            start = os.lseek(self.fd, 0, os.SEEK_END)
+            while data:
+                data = data[os.write(self.fd, data):]
+            self.count += 1
+        except OSError as exc:
+            self.failed = exc
+            if start is not None:
+                with suppress(OSError):
+                    os.ftruncate(self.fd, start)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            with suppress(OSError):
+                os.close(self.fd)
+            self.fd = None
+
+
+def _cut_to_whole_lines(path: Path, fd: int) -> None:
+    """Drop a partial last line (of an earlier run killed mid-write) before appending."""
+    size = os.fstat(fd).st_size
+    if not size:
+        return
+    with open(path, "rb") as f:
+        end = size
+        while end > 0:
+            begin = max(0, end - (1 << 16))
+            f.seek(begin)
+            chunk = f.read(end - begin)
+            if end == size and chunk.endswith(b"\n"):
+                return
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                os.ftruncate(fd, begin + newline + 1)
+                return
+            end = begin
+    os.ftruncate(fd, 0)
+
+
 class _Session:
     """The scoring side: snippets from frames, their scores, alerts and the output lines."""
 
     def __init__(self, scorer: Scorer, live: LiveOptions, jsonl: Path,
-                 emit: Callable[[str], None]) -> None:
+                 emit: Callable[[str], None], redact: Callable[[str], str]) -> None:
         ex = scorer.extraction
         self.scorer, self.live, self.jsonl, self.emit = scorer, live, jsonl, emit
-        self.log: IO[str] | None = None  # the lines file, opened with the first line
+        self.redact = redact
+        self.log = _Lines(jsonl)  # opened with the first line
+        self.emitted = 0  # lines ``emit`` took
+        self.emit_failed: OSError | None = None  # standard output full or closed
         self.stride, self.sample = ex.stride, ex.sample
         self.stream = SnippetStream(scorer.model, scorer.path, scorer.device)
         self.fps = 0.0
@@ -358,17 +430,21 @@ class _Session:
         self.alert: dict | None = None  # the open alert interval
 
     def line(self, record: dict) -> None:
-        text = json.dumps(record)
-        self.emit(text)
-        if self.log is None:
-            self.jsonl.parent.mkdir(parents=True, exist_ok=True)
-            self.log = open(self.jsonl, "a")  # closed by `close`
-        self.log.write(text + "\n")
-        self.log.flush()
+        text = self.redact(json.dumps(record))
+        if self.emit_failed is None:
+            try:
+                self.emit(text)
+                self.emitted += 1
+            except OSError as exc:  # stdout to a full disk, or to a reader that went away
+                self.emit_failed = exc
+        self.log.write(text)
+
+    @property
+    def write_failed(self) -> bool:
+        return self.log.failed is not None or self.emit_failed is not None
 
     def close(self) -> None:
-        if self.log is not None:
-            self.log.close()
+        self.log.close()
 
     def frame(self, f: _Frame) -> None:
         if f.rgb is not None:
@@ -471,51 +547,102 @@ def score_live(scorer: Scorer, source: str, out_dir: Path, options: ScoreOptions
     """Score a live source until it ends, fails or SIGINT/SIGTERM arrives; write the outputs.
 
     ``emit`` gets each JSON line (also appended to ``<out>/<stem>_live.jsonl``), ``notify``
-    each message for the user. Returns the summary (also ``summary.json``); raises `LiveError`
-    for a failure and `Interrupted` for a signal, after writing what was scored.
+    each message for the user; both, and every output, name the source redacted
+    (`tpwng.redact`). Returns the summary (also ``summary.json``); raises `LiveError` for a
+    failure and `Interrupted` for a signal, after writing what was scored. An output that
+    cannot be written (a full disk, any OSError) stops scoring; every other output is still
+    attempted and one `LiveError` lists what was and was not written.
     """
     check_streamable(scorer.model, scorer.path)
     name, stem = display_source(source), source_stem(source)
+
+    def redact(text: str) -> str:
+        return redact_text(text, source)
+
+    def tell(message: str) -> None:
+        notify(redact(message))
+
     ex = scorer.extraction
     last_sampled = int(sample_indices(ex.stride, ex.stride, ex.sample)[0])
     reader = _Reader(source, live, lambda i: i % ex.stride <= last_sampled, ex.stride)
     jsonl = Path(out_dir) / f"{stem}_live.jsonl"
-    session = _Session(scorer, live, jsonl, emit)
+    session = _Session(scorer, live, jsonl, emit, redact)
     with _caught_signals() as caught, _torch_threads(scoring_threads(live.threads)):
         reader.start()
         try:
-            ended, failure = _follow(reader, session, caught, name, notify)
+            ended, failure = _follow(reader, session, caught, name, tell)
             if session.fps:
                 session.finish(ended or str(failure))
         finally:
             reader.stop.set()
             session.close()
-        summary = _write_outputs(session, scorer, name, stem, Path(out_dir), options, jsonl)
+        summary, written, unwritten = _write_outputs(session, scorer, name, stem,
+                                                     Path(out_dir), options, jsonl)
     reader.join(timeout=1.0)
+    problem = _outcome(session, summary, ended, failure, written, unwritten, name, out_dir)
+    if problem is not None:
+        raise type(problem)(redact(str(problem))) from None
+    tell(f"{name}: the stream ended after {session.frames / session.fps:.1f} s; "
+         f"{len(session.scores)} snippets ({session.frames} frames) scored")
+    return summary
+
+
+def _outcome(session: _Session, summary: dict | None, ended: str | None,
+             failure: LiveError | None, written: list[Path], unwritten: dict[Path, str],
+             name: str, out_dir: Path) -> LiveError | Interrupted | None:
+    """The one error live scoring ends with (None: the stream ended and all is written)."""
     scored = f"{len(session.scores)} snippets ({session.frames} frames)"
+    lines = session.log
+    if session.write_failed or unwritten:
+        head = (str(failure) if failure is not None else
+                f"{name}: the stream ended" if ended == "end of stream" else
+                f"{name}: interrupted by {ended}")
+        parts = []
+        if lines.failed is not None:
+            parts.append(f"{lines.path} took {lines.count} line(s) of this run, each whole, "
+                         f"and no more ({_why(lines.failed)})")
+        if session.emit_failed is not None:
+            parts.append(f"standard output took only the first {session.emitted} line(s) "
+                         f"({_why(session.emit_failed)})")
+        if unwritten:
+            parts.append("not written: " + ", ".join(f"{p} ({why})"
+                                                     for p, why in unwritten.items()))
+        parts.append("written: " + (", ".join(str(p) for p in written) or "nothing else"))
+        return LiveError(f"{head}; of the {scored} scored, " + "; ".join(parts))
     if summary is None:
         if failure is not None:
-            raise failure
+            return failure
         if ended != "end of stream":
-            raise Interrupted(f"{name}: interrupted by {ended} before any frame arrived; "
-                              "nothing to write")
-        raise LiveError(f"{name}: the stream ended before its first frame")
+            return Interrupted(f"{name}: interrupted by {ended} before any frame arrived; "
+                               "nothing to write")
+        return LiveError(f"{name}: the stream ended before its first frame")
     if failure is not None:
-        raise LiveError(f"{failure}; the {scored} scored so far are written to {out_dir}/")
+        return LiveError(f"{failure}; the {scored} scored so far are written to {out_dir}/")
     if ended != "end of stream":
-        raise Interrupted(f"{name}: interrupted by {ended} after {scored}; the partial results "
-                          f"are written to {out_dir}/")
-    notify(f"{name}: the stream ended after {session.frames / session.fps:.1f} s; {scored} "
-           "scored")
-    return summary
+        return Interrupted(f"{name}: interrupted by {ended} after {scored}; the partial results "
+                           f"are written to {out_dir}/")
+    return None
+
+
+def _why(exc: BaseException) -> str:
+    """Why a write failed, in words (a full disk said as such)."""
+    cause = exc if isinstance(exc, OSError) else exc.__cause__
+    if not isinstance(cause, OSError):
+        return str(exc)
+    why = cause.strerror or str(cause)
+    if is_write_error(cause):
+        why += ": the disk is full or a file size limit or quota was reached"
+    return why
 
 
 def _follow(reader: _Reader, session: _Session, caught: list[str], name: str,
             notify: Callable[[str], None]) -> tuple[str | None, LiveError | None]:
     """Score the reader's frames until the stream ends (``"end of stream"``), a signal is
-    caught (its name) or the reader fails (the error)."""
+    caught (its name), the reader fails (the error) or the lines cannot be written."""
     stride = session.stride
     while not caught:
+        if session.write_failed:
+            return None, LiveError(f"{name}: scoring stopped: its lines could not be written")
         try:
             kind, value = reader.items.get(timeout=0.1)
         except queue.Empty:
@@ -541,10 +668,23 @@ def _follow(reader: _Reader, session: _Session, caught: list[str], name: str,
 
 
 def _write_outputs(session: _Session, scorer: Scorer, name: str, stem: str, out_dir: Path,
-                   options: ScoreOptions, jsonl: Path) -> dict | None:
-    """What offline scoring writes, for the frames received (None if there were none)."""
+                   options: ScoreOptions, jsonl: Path
+                   ) -> tuple[dict | None, list[Path], dict[Path, str]]:
+    """What offline scoring writes, for the frames received, each output attempted whatever
+    became of the others: (the summary, None if there were no frames or it could not be
+    written; the files written; the files not written, with why)."""
     if not session.frames:
-        return None
-    entry = write_video_outputs(session.result(name, stem, options), scorer, options, out_dir)
-    entry["outputs"]["live"] = str(jsonl)
-    return write_scores_summary(scorer.path, name, options, [entry], out_dir)
+        return None, [], {}
+    failures: dict[Path, BaseException] = {}
+    entry = write_video_outputs(session.result(name, stem, options), scorer, options, out_dir,
+                                failures)
+    if session.log.count:
+        entry["outputs"]["live"] = str(jsonl)
+    summary = None
+    try:
+        summary = write_scores_summary(scorer.path, name, options, [entry], out_dir)
+    except (WriteError, OSError) as exc:
+        failures[out_dir / "summary.json"] = exc
+    written = [Path(p) for k, p in entry["outputs"].items() if k != "live"]
+    written += [out_dir / "summary.json"] if summary is not None else []
+    return summary, written, {p: _why(exc) for p, exc in failures.items()}

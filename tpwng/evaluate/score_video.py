@@ -32,7 +32,7 @@ from tpwng.features.clip_backbone import ClipSpec, load_clip
 from tpwng.features.extract import ExtractionSettings, ImageEncoder
 from tpwng.features.provenance import recorded_settings
 from tpwng.features.video import VideoError, VideoInfo, probe_video, read_frames
-from tpwng.files import atomic_path, write_json
+from tpwng.files import WriteError, atomic_path, write_json
 from tpwng.model.tcsal import TCSAL, TCSALStream
 from tpwng.model.tpwng import TPWNG
 from tpwng.train.checkpoint import load_checkpoint, stored_text_embeddings
@@ -317,13 +317,17 @@ def _video_record(result: VideoScores) -> dict:
 
 
 def write_video_outputs(result: VideoScores, scorer: Scorer, options: ScoreOptions,
-                        out_dir: Path) -> dict:
-    """`<stem>_scores.csv`, `<stem>_scores.png` and `<stem>_intervals.json`; a summary entry."""
+                        out_dir: Path, failures: dict[Path, BaseException] | None = None
+                        ) -> dict:
+    """`<stem>_scores.csv`, `<stem>_scores.png` and `<stem>_intervals.json`; a summary entry.
+
+    With ``failures`` (live scoring: write what can be written) an output that cannot be
+    written (`WriteError`, any OSError) is recorded there, left out of the entry's outputs,
+    and the others are still written; without, the first such error is raised.
+    """
     stem = result.stem or result.path.stem
     files = {"csv": out_dir / f"{stem}_scores.csv", "png": out_dir / f"{stem}_scores.png",
              "intervals": out_dir / f"{stem}_intervals.json"}
-    write_csv(result, files["csv"])
-    plot_video_scores(result, files["png"], options.threshold)
     record = {
         "video": _video_record(result),
         "model": str(scorer.path),
@@ -336,7 +340,18 @@ def write_video_outputs(result: VideoScores, scorer: Scorer, options: ScoreOptio
         "interval_frames": "0-based, end-exclusive",
         "intervals": result.intervals,
     }
-    write_json(files["intervals"], record)
+    writers: dict[str, Callable[[], object]] = {
+        "csv": lambda: write_csv(result, files["csv"]),
+        "png": lambda: plot_video_scores(result, files["png"], options.threshold),
+        "intervals": lambda: write_json(files["intervals"], record),
+    }
+    for key, write in writers.items():
+        try:
+            write()
+        except (WriteError, OSError) as exc:
+            if failures is None:
+                raise
+            failures[files.pop(key)] = exc
     if options.html:
         from tpwng.evaluate.viewer import write_scored_page
 

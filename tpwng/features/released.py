@@ -7,6 +7,7 @@ videos, a video's frame count is taken as 16 x its snippets, the convention of t
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -20,7 +21,49 @@ from tpwng.features.provenance import released_provenance
 from tpwng.features.store import StoreError, StoreWriter
 from tpwng.features.video import VideoInfo
 
-_NAME = re.compile(r"^(?P<video>.+)__(?P<crop>\d+)\.npy$")
+_NAME = re.compile(r"^(?P<video>.+)__(?P<crop>[0-9]+)\.npy$")
+FEATURE_DTYPES = ("float16", "float32", "float64")  # real floating point; never complex
+
+
+def npy_header(path: str | Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """Shape, dtype and data offset of a released ``.npy`` file, checked: a readable header,
+    a real floating dtype (no strings, objects or complex numbers), ``[snippets, dim]`` with at
+    least one snippet, and exactly the bytes the header promises. `StoreError` naming the file
+    otherwise; nothing is allocated from the header's numbers."""
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as f:
+            version = fmt.read_magic(f)
+            read = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}
+            if version not in read:
+                raise ValueError(f"unsupported .npy format version {version}")
+            shape, fortran, dtype = read[version](f)
+            offset = f.tell()
+            size = os.fstat(f.fileno()).st_size
+    except (OSError, ValueError, EOFError, SyntaxError, TypeError) as exc:
+        raise StoreError(f"{path}: not a readable .npy array ({exc})") from None
+    if fortran:
+        raise StoreError(f"{path}: Fortran-ordered array; expected a C-ordered one")
+    if dtype.hasobject or dtype.fields is not None or dtype.name not in FEATURE_DTYPES:
+        raise StoreError(f"{path}: dtype {dtype} is not a feature dtype "
+                         f"({', '.join(FEATURE_DTYPES)})")
+    if len(shape) != 2 or shape[0] < 1 or shape[1] < 1:
+        raise StoreError(f"{path}: shape {shape}; expected [snippets, dim] with at least one "
+                         "snippet")
+    expected = offset + math.prod(shape) * dtype.itemsize
+    if size != expected:
+        raise StoreError(f"{path}: {size} bytes, but its header promises {expected} "
+                         f"({'truncated' if size < expected else 'trailing data'})")
+    return tuple(shape), dtype, offset
+
+
+def load_npy(path: str | Path) -> np.ndarray:
+    """A released ``.npy`` feature array, checked by `npy_header` first."""
+    npy_header(path)
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise StoreError(f"{path}: not a readable .npy array ({exc})") from None
 
 
 def index_npy(root: str | Path) -> dict[str, dict[int, Path]]:
@@ -56,8 +99,12 @@ def released_probe(settings: dict):
         crops = index.get(vid)
         if not crops:
             raise StoreError(f"no released features <{vid}>__<crop>.npy for video {path}")
-        arr = np.load(next(iter(crops.values())), mmap_mode="r")
-        return VideoInfo(frames=int(arr.shape[0]) * stride, fps=float("nan"), width=0, height=0,
+        shapes = {f: npy_header(f)[0] for f in crops.values()}  # every crop checked
+        if len(set(shapes.values())) != 1:
+            raise StoreError(f"{next(iter(shapes))}: crops of {vid} have shapes "
+                             f"{sorted(set(shapes.values()))}; expected one [snippets, dim]")
+        snippets = next(iter(shapes.values()))[0]
+        return VideoInfo(frames=snippets * stride, fps=float("nan"), width=0, height=0,
                          decoder="none", route="released features")
 
     return probe
@@ -73,7 +120,7 @@ def import_released(rows, settings: dict, out: Path) -> int:
                 raise StoreError(f"no released features for video {r.video_id} in "
                                  f"{_released_dir(settings)}")
             ids = sorted(crops)
-            arrays = [np.load(crops[c]) for c in ids]
+            arrays = [load_npy(crops[c]) for c in ids]
             shapes = {a.shape for a in arrays}
             if len(shapes) != 1 or arrays[0].ndim != 2:
                 raise StoreError(f"{crops[ids[0]]}: crops of {r.video_id} have shapes {shapes}; "

@@ -545,7 +545,7 @@
     main.append(player.root);
     if (DATA.files && DATA.files.length) {
       main.append(el("p", { class: "tp-help" }, "Files: ", ...DATA.files.flatMap((f, k) =>
-        [k ? ", " : "", el("a", { href: f, text: f })])));
+        [k ? ", " : "", el("a", { href: f.href, text: f.name })])));
     }
     player.load(v);
     return { player };
@@ -713,7 +713,8 @@
     sort("auc", 1);
     applyFilter();
     lazyMinis(minis);
-    const wanted = decodeURIComponent(location.hash.slice(1));
+    let wanted = location.hash.slice(1);
+    try { wanted = decodeURIComponent(wanted); } catch (e) { /* a malformed %-escape: as is */ }
     if (DATA.videos.length) select(byId.get(wanted) || byId.get(tbody.rows[0].dataset.id));
     return { player, sort, select: (id, t) => select(byId.get(id), t),
       order: () => [...tbody.rows].map((r) => r.dataset.id) };
