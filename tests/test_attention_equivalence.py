@@ -13,8 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from tpwng.model import tcsal
-from tpwng.model.tcsal import TCSAL, dropout_mask, log_span_mask, soft_mask
+from tpwng.model import attention_kernels, tcsal
+from tpwng.model.attention_kernels import FeedForwardResidual, ResidualDropout, SpanAttention
+from tpwng.model.tcsal import (
+    TCSAL,
+    distance_ramp,
+    dropout_mask,
+    log_span_mask,
+    soft_mask,
+    span_mask,
+)
 
 D = 32
 TOL = {"atol": 1e-5, "rtol": 0.0}
@@ -164,8 +172,8 @@ def test_auto_attention_fuses_cpu_training_only(monkeypatch):
     """``auto``: the hand-fused attention while training on the CPU; SDPA in inference, under
     autocast, for frozen weights and for chunked sequences; ``fused`` wherever unchunked."""
     calls = []
-    real = tcsal._SpanAttention.apply
-    monkeypatch.setattr(tcsal._SpanAttention, "apply", lambda *a: calls.append(1) or real(*a))
+    real = SpanAttention.apply
+    monkeypatch.setattr(SpanAttention, "apply", lambda *a: calls.append(1) or real(*a))
     model = TCSAL(D, layers=1, heads=4, ff_dim=48, span_scale=6, R=4, dropout=0.0)
     assert model.attention_impl == "auto"
     x, mask = _batch(20)
@@ -182,6 +190,7 @@ def test_auto_attention_fuses_cpu_training_only(monkeypatch):
     assert fused_calls(autocast=True) == 0
     assert fused_calls("sdpa") == 0
     assert fused_calls("fused", grad=False) == 1
+    assert fused_calls("fused", autocast=True) == 0  # the kernel runs in one dtype: SDPA serves
     model.requires_grad_(False)
     assert fused_calls() == 0
     model.requires_grad_(True)
@@ -199,9 +208,9 @@ def test_fused_attention_with_dropout_equals_reference_with_the_same_masks():
     z = (torch.rand(B, H, T, generator=gen) * 6).requires_grad_()
     key_valid = torch.ones(B, T, dtype=torch.bool)
     key_valid[1, 8:] = False
-    base = tcsal._ramp_base(T, T, 0, 0, R, key_valid, qkv.device)[:, 0]
+    ramp = distance_ramp(T, T, 0, 0, R, key_valid, qkv.device)[:, 0]
     torch.manual_seed(7)
-    got = tcsal._SpanAttention.apply(qkv, z, base, R, H, p)
+    got = SpanAttention.apply(qkv, z, ramp, R, H, p, span_mask)
     torch.manual_seed(7)
     heads = []
     for h in range(H):
@@ -247,8 +256,7 @@ def test_fused_dropout_equals_reference_with_the_same_masks():
     lin1, lin2 = layer.ff[0], layer.ff[3]
     x = torch.randn(40, D, requires_grad=True)
     torch.manual_seed(7)
-    got = tcsal._FeedForwardResidual.apply(x, lin1.weight, lin1.bias, lin2.weight, lin2.bias,
-                                           p, p)
+    got = FeedForwardResidual.apply(x, lin1.weight, lin1.bias, lin2.weight, lin2.bias, p, p)
     torch.manual_seed(7)  # the same draws, in the same order
     drop_h, alpha = dropout_mask(torch.Size([40, 48]), p, x.device)
     drop_y, scale = dropout_mask(torch.Size([40, D]), p, x.device)
@@ -275,7 +283,7 @@ def test_dropout_mask_rate_and_scale():
     assert drop.all() and scale == 0.0
     x = torch.zeros(64, 100, D)
     a = torch.ones(64, 100, D)
-    out = tcsal._ResidualDropout.apply(x, a, 0.5)
+    out = ResidualDropout.apply(x, a, 0.5)
     assert set(out.unique().tolist()) == {0.0, 2.0}
     assert abs(out.mean().item() - 1.0) < 0.02
 
@@ -290,3 +298,108 @@ def test_no_private_tcsal_name_is_used_elsewhere():
             if isinstance(node, ast.ImportFrom) and (node.module or "").endswith("tcsal"):
                 assert not [a.name for a in node.names if a.name.startswith("_")], path
         assert not re.search(r"\btcsal\._\w", text), path
+
+
+def test_tcsal_holds_no_kernel_and_the_kernels_take_eq7_from_it():
+    """tcsal.py is Eq. 7-9 with no hand-written autograd function; the kernels import nothing of
+    it (they are handed its Eq. 7, `span_mask`)."""
+    def parse(module) -> ast.Module:
+        return ast.parse(Path(module.__file__).read_text())
+
+    bases = [ast.unparse(b) for node in ast.walk(parse(tcsal)) if isinstance(node, ast.ClassDef)
+             for b in node.bases]
+    assert not [b for b in bases if "Function" in b]
+    imported = [node.module or "" for node in ast.walk(parse(attention_kernels))
+                if isinstance(node, ast.ImportFrom)]
+    assert not [m for m in imported if "tcsal" in m]
+    assert any("Function" in ast.unparse(b) for node in ast.walk(parse(attention_kernels))
+               if isinstance(node, ast.ClassDef) for b in node.bases)
+
+
+def _float64_run(impl: str, span_bias: float, R: float, grad: bool = True):
+    """A 2-layer TCSAL (3 × 64 × 64, one padded video, dropout 0) in float64 with the span bias
+    ``b`` of Eq. 8 set to ``span_bias``: the output at valid positions, the parameter gradients
+    of a weighted sum, and (``manual`` only) the first layer's spans."""
+    B, T, dim, F = 3, 64, 64, 64.0
+    torch.manual_seed(0)
+    model = TCSAL(dim, layers=2, heads=4, R=R, span_scale=F, ff_dim=128, dropout=0.0,
+                  attention_impl=impl)
+    for layer in model.layers:
+        torch.nn.init.constant_(layer.attn.span.bias, span_bias)
+    model = model.double().train()
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(B, T, dim, generator=gen, dtype=torch.float64)
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[1, 40:] = False
+    if not grad:
+        with torch.no_grad():
+            return model.eval()(x, mask)[mask], None, None
+    y = model(x, mask)
+    w = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+    (y * w)[mask].sum().backward()
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    spans = None
+    if impl == "manual":
+        with torch.no_grad():
+            spans = model.forward_with_attention(x, mask)[2][0]
+    return y.detach()[mask], grads, spans
+
+
+def _assert_float64_close(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
+    """Equal to 1e-10 of the reference's largest magnitude, element by element."""
+    assert got.dtype == want.dtype == torch.float64, what
+    err = (got - want).abs().max().item() / want.abs().max().item()
+    assert err <= 1e-10, f"{what}: relative error {err:.2e}"
+
+
+# span bias b, R: χ reaches 0 inside the sequence (keys cut), or stays > 0 but below 1 (ramp only)
+FLOAT64_CASES = {"mask cuts": (-2.0, 16.0), "mask does not cut": (2.0, 40.0)}
+
+
+@pytest.mark.parametrize("case", FLOAT64_CASES)
+def test_attention_paths_agree_in_float64(case):
+    """In float64 ``sdpa`` and ``fused`` compute the same function as ``manual``: outputs and
+    every parameter gradient (the spans' c, b included) to 1e-10, nothing rounded to float32."""
+    span_bias, R = FLOAT64_CASES[case]
+    y_ref, g_ref, z = _float64_run("manual", span_bias, R)
+    T = z.shape[-1]
+    h = (torch.arange(T)[:, None] - torch.arange(T)[None, :]).double()
+    chi = soft_mask(z.unsqueeze(-1), h, R)[:, :, h >= 0]  # causal pairs, first layer
+    assert (chi < 1).any() and (chi == 1).any()  # the ramp of Eq. 7 bites
+    assert (chi == 0).any() == (case == "mask cuts")
+    for impl in ("sdpa", "fused"):
+        y, grads, _ = _float64_run(impl, span_bias, R)
+        _assert_float64_close(y, y_ref, f"{impl} output")
+        assert grads.keys() == g_ref.keys()
+        for name, g in grads.items():
+            _assert_float64_close(g, g_ref[name], f"{impl} {name}")
+        for layer in range(2):
+            assert g_ref[f"layers.{layer}.attn.span.bias"].abs().sum() > 0
+            assert g_ref[f"layers.{layer}.attn.span.weight"].abs().sum() > 0
+    # inference: SDPA's default dispatch (no gradient) and the fused path agree too
+    y_ref = _float64_run("manual", span_bias, R, grad=False)[0]
+    for impl in ("sdpa", "fused"):
+        _assert_float64_close(_float64_run(impl, span_bias, R, grad=False)[0], y_ref,
+                              f"{impl} inference output")
+
+
+def test_float64_mask_keeps_float64_and_float32_stays_float32():
+    """The mask and its span gradient are computed in the spans' dtype (float32 at least): in
+    float64 a χ below float32's smallest normal number is still χ, not 0."""
+    R, Tq = 4.0, 6
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        z = (torch.rand(1, 2, Tq, generator=torch.Generator().manual_seed(2)) * 6).to(dtype)
+        want = torch.float64 if dtype == torch.float64 else torch.float32
+        m = log_span_mask(z.requires_grad_(), R)
+        assert m.dtype == want
+        (g,) = torch.autograd.grad(m[torch.isfinite(m)].sum(), z)
+        assert g.dtype == dtype
+    # R = 1: query 1 sees key 0 (h = 1) with χ = (R + z - h) / R = z = 1e-300, far below
+    # float32's smallest normal 1.2e-38: log χ is finite and ∂ log χ / ∂z = 1 / (R χ)
+    z = torch.tensor([[[0.5, 1e-300]]], dtype=torch.float64, requires_grad=True)
+    m = log_span_mask(z, 1.0)
+    assert m[0, 0, 1, 0].item() == pytest.approx(math.log(1e-300), rel=1e-12)
+    (g,) = torch.autograd.grad(m[0, 0, 1, 0], z)
+    assert g[0, 0, 1].item() == pytest.approx(1e300, rel=1e-12)
+    z32 = z.detach().float()  # 1e-300 is 0 in float32: χ = 0, the key is cut
+    assert log_span_mask(z32, 1.0)[0, 0, 1, 0].item() == float("-inf")

@@ -118,3 +118,56 @@ def test_decode_workers_follow_the_job(monkeypatch):
     assert decode_workers_for("auto", 1) == 0
     assert decode_workers_for(3, 16) == 3
     assert ExtractionSettings().decode_workers == "auto"
+
+
+def test_reduced_precision_is_checked_against_float32_and_recorded(sample_videos, tmp_path,
+                                                                   tiny_clip):
+    """bf16 weights: the shard records the cosine of its first frames' bf16 features to their
+    float32 ones; float32 extraction records its dtype and checks nothing."""
+    import json
+
+    out = tmp_path / "bf16.h5"
+    extract(probed_rows(sample_videos, ["carphone_pristine"]), out, SPEC,
+            ExtractionSettings(batch_size=16, decode_workers=0, precision="bf16"),
+            progress=False)
+    with FeatureStore(out) as s:
+        check = json.loads(s.provenance["shard_precision_check"])
+        assert s.provenance["encoder_dtype"] == "bfloat16"
+    snippets = -(-probe_video(sample_videos["carphone_pristine"]).frames // 16)
+    assert check["checked"] and check["dtype"] == "bfloat16"
+    assert check["images"] == min(16, snippets)  # the first video's first sampled frames
+    assert 0.9 < check["cosine_min"] <= check["cosine_mean"] <= 1.0 + 1e-6
+    assert check["threshold"] == 0.999
+    with FeatureStore(_fp32_store(sample_videos, tmp_path)) as s:
+        assert s.provenance["encoder_dtype"] == "float32"
+        assert "shard_precision_check" not in s.provenance
+
+
+def _fp32_store(sample_videos, tmp_path):
+    out = tmp_path / "f32.h5"
+    extract(probed_rows(sample_videos, ["carphone_pristine"]), out, SPEC,
+            ExtractionSettings(batch_size=16, decode_workers=0), progress=False)
+    return out
+
+
+@pytest.mark.parametrize("threshold,fall_back,dtype", [
+    (0.5, True, torch.bfloat16),  # close enough: bf16 kept
+    (1.5, True, torch.float32),  # never close enough: auto falls back to float32
+    (1.5, False, torch.bfloat16),  # an explicit bf16 is kept, with a warning
+])
+def test_precision_check_falls_back_only_for_auto(monkeypatch, tiny_clip, threshold, fall_back,
+                                                  dtype):
+    import tpwng.features.extract as ex
+
+    monkeypatch.setattr(ex, "MIN_PRECISION_COSINE", threshold)
+    enc = ex.ImageEncoder(tiny_clip[0], ExtractionSettings(precision="bf16", device="cpu"),
+                          copy_tower=True, checked=True)
+    frames = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (4, 64, 80, 3),
+                                                                 dtype=np.uint8))
+    check = enc.check_precision(frames, fall_back)
+    assert enc.dtype == dtype and check["checked"]
+    assert ("fell_back_to" in check) == (dtype == torch.float32)
+    if dtype == torch.float32:  # the encoder now computes float32 features
+        x = enc.prepare(frames)
+        want = tiny_clip[0].visual.float()(x.flatten(0, 1))
+        torch.testing.assert_close(enc.embed(x).flatten(0, 1), want)

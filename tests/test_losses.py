@@ -97,3 +97,23 @@ def test_empty_masks_give_zero():
     assert losses.rank_normal(s, s.unsqueeze(-1), none).item() == 0.0
     assert losses.smoothness(s, none).item() == 0.0
     assert losses.classification(s, s, none).item() == 0.0
+
+
+def test_classification_compiles_to_one_graph_with_the_eager_value():
+    """Under torch.compile the masked mean is a masked sum (no data-dependent shapes): one
+    graph (fullgraph raises on a break), and the value and gradient of the eager selection."""
+    torch.manual_seed(0)
+    scores = torch.rand(4, 16, requires_grad=True)
+    pseudo = (torch.rand(4, 16) > 0.5).float()
+    mask = torch.zeros(4, 16, dtype=torch.bool)
+    mask[:, :10] = True
+    mask[2, 10:] = True
+    eager = losses.classification(scores, pseudo, mask)
+    (g_eager,) = torch.autograd.grad(eager, scores)
+    compiled = torch.compile(losses.classification, backend="eager", fullgraph=True)
+    value = compiled(scores, pseudo, mask)
+    (g_compiled,) = torch.autograd.grad(value, scores)
+    assert torch.allclose(value, eager, atol=1e-6, rtol=0)
+    assert torch.allclose(g_compiled, g_eager, atol=1e-7, rtol=0)
+    empty = compiled(scores, pseudo, torch.zeros_like(mask))
+    assert float(empty) == 0.0

@@ -26,9 +26,15 @@ def cap_length(x: np.ndarray, max_len: int = 256) -> np.ndarray:
     return (sums / counts).astype(x.dtype)
 
 
-def pad_batch(seqs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack [T_i, D] arrays into a zero-padded [B, T_max, D] tensor and a bool mask [B, T_max]."""
+def pad_batch(seqs: list[np.ndarray], length: int | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack [T_i, D] arrays into a zero-padded [B, T_max, D] tensor and a bool mask [B, T_max];
+    ``length`` fixes T_max (at least the longest sequence)."""
     t_max = max(s.shape[0] for s in seqs)
+    if length is not None:
+        if length < t_max:
+            raise ValueError(f"pad_batch: length {length} is shorter than a sequence ({t_max})")
+        t_max = length
     d = seqs[0].shape[-1]
     x = np.zeros((len(seqs), t_max, d), dtype=np.float32)
     mask = np.zeros((len(seqs), t_max), dtype=bool)

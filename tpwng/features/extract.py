@@ -102,18 +102,38 @@ class DecodeStream(IterableDataset):
 
 
 
+MIN_PRECISION_COSINE = 0.999  # reduced-precision features this close to float32 ones are kept
+PRECISION_CHECK_FRAMES = 16  # sampled frames of the first video that the check encodes
+
+
+def precision_check_frames(jobs: Sequence, settings: ExtractionSettings) -> torch.Tensor | None:
+    """Up to `PRECISION_CHECK_FRAMES` sampled frames of the first video, decoded here."""
+    for job in jobs[:1]:
+        indices = job.indices[:PRECISION_CHECK_FRAMES]
+        chunks = [f for _, f in read_frames(job.path, indices, chunk=len(indices),
+                                            timeout=settings.decode_timeout,
+                                            decoder=job.decoder)]
+        return torch.from_numpy(np.concatenate(chunks)) if chunks else None
+    return None
+
+
 class ImageEncoder:
     """The frozen CLIP image tower with CLIP preprocessing, on one device and precision.
 
     ``device`` overrides ``settings.device``; ``copy_tower`` encodes with a copy of the tower
-    (one per device when several encode), leaving ``clip_model``'s own where it is.
+    (one per device when several encode), leaving ``clip_model``'s own where it is;
+    ``checked`` keeps a float32 copy of a reduced-precision tower for `check_precision`.
     """
 
     def __init__(self, clip_model: torch.nn.Module, settings: ExtractionSettings,
-                 device: str | torch.device | None = None, copy_tower: bool = False) -> None:
+                 device: str | torch.device | None = None, copy_tower: bool = False,
+                 checked: bool = False) -> None:
         self.device = resolve_device(settings.device) if device is None else torch.device(device)
         self.dtype = encoder_dtype(settings.precision, self.device)
         visual = copy.deepcopy(clip_model.visual) if copy_tower else clip_model.visual
+        # the float32 tower, kept until `check_precision` has compared the two
+        self.float32_tower = (copy.deepcopy(visual).to(self.device, torch.float32).eval()
+                              if checked and self.dtype != torch.float32 else None)
         self.visual = visual.to(self.device, self.dtype).eval()
         self.crop_mode = settings.crop_mode
         self.crops = n_crops(settings.crop_mode)
@@ -141,6 +161,36 @@ class ImageEncoder:
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Preprocessed [N, crops, 3, 224, 224] -> float32 [N, crops, D] on the CPU."""
         return self.embed(x).cpu()
+
+    @torch.inference_mode()
+    def check_precision(self, frames: torch.Tensor, fall_back: bool) -> dict:
+        """Hold this encoder's features of uint8 ``frames`` [N, H, W, 3] against those of a
+        float32 copy of its tower: the cosine of each image's pair, least and mean. Below
+        `MIN_PRECISION_COSINE` with ``fall_back`` (``precision: auto``) the encoder switches to
+        the float32 tower. Float32 encoders, and those made without ``checked``, are not
+        checked."""
+        if self.float32_tower is None:
+            return {"dtype": "float32", "checked": False}
+        reference, self.float32_tower = self.float32_tower, None
+        x = self.prepare(frames)
+        ours = self.embed(x).flatten(0, 1)
+        want = reference(x.flatten(0, 1)).float()
+        cos = torch.nn.functional.cosine_similarity(ours, want, dim=-1)
+        out = {"dtype": str(self.dtype).removeprefix("torch."), "checked": True,
+               "images": int(cos.numel()), "cosine_min": float(cos.min()),
+               "cosine_mean": float(cos.mean()), "threshold": MIN_PRECISION_COSINE}
+        if out["cosine_min"] < MIN_PRECISION_COSINE:
+            if fall_back:
+                log.warning("%s features reach cosine %.5f of float32 ones (< %g): encoding in "
+                            "float32", out["dtype"], out["cosine_min"], MIN_PRECISION_COSINE)
+                self.visual, self.dtype = reference, torch.float32
+                out["fell_back_to"] = "float32"
+            else:
+                log.warning("%s features reach cosine %.5f of float32 ones (< %g); "
+                            "extraction.precision asks for them", out["dtype"],
+                            out["cosine_min"], MIN_PRECISION_COSINE)
+        del reference
+        return out
 
 
 Slot = tuple[int, int, int]  # job index, snippet offset, snippet count
@@ -272,13 +322,21 @@ def extract(rows: Sequence, out: str | Path, spec: ClipSpec, settings: Extractio
     else:
         identity = "custom"
     # copies first, so that each comes from the tower where it was, not from another device
-    encoders = [ImageEncoder(clip_model, settings, d, copy_tower=True) for d in targets[1:]]
-    encoders.insert(0, ImageEncoder(clip_model, settings, targets[0]))
+    encoders = [ImageEncoder(clip_model, settings, d, copy_tower=True, checked=True)
+                for d in targets[1:]]
+    encoders.insert(0, ImageEncoder(clip_model, settings, targets[0], checked=True))
     dim = int(clip_model.visual.output_dim)
     del clip_model
     crops = encoders[0].crops
     jobs = plan_jobs(rows, settings)
     prov = extracted_provenance(spec, identity, settings, dim, dataset) | {"shard": shard}
+    if encoders[0].dtype != torch.float32 and jobs:
+        # reduced precision only where its features stay close to float32 ones: measured on
+        # this shard's first frames, recorded per shard (merged views compare the dtype)
+        frames = precision_check_frames(jobs, settings)
+        checks = [e.check_precision(frames, settings.precision == "auto") for e in encoders]
+        prov["shard_precision_check"] = checks[0]
+    prov["encoder_dtype"] = str(encoders[0].dtype).removeprefix("torch.")
     workers = decode_workers_for(settings.decode_workers, threads)
     routed = sum(job.decoder == "pyav" for job in jobs)
     log.info("%d videos (%d decoded in order with PyAV, the rest with decord), %d decoding "

@@ -106,6 +106,9 @@ def sparsity(s_aa_norm: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return _video_mean((s_aa_norm * mask.to(s_aa_norm.dtype)).sum(1), mask.any(1))
 
 
+_compiling = getattr(torch.compiler, "is_compiling", lambda: False)  # torch >= 2.3
+
+
 def classification(
     scores: torch.Tensor, pseudo: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6
 ) -> torch.Tensor:
@@ -113,8 +116,16 @@ def classification(
     (targets, detached; design §5), averaged over the valid snippets of all videos.
 
     Scores are clamped to ``[eps, 1 - eps]``; computed in float32 (safe under autocast).
+    Under ``torch.compile`` the mean is a masked sum over all snippets (no data-dependent
+    shapes, so the step stays one graph); eagerly the valid snippets are selected, as before.
     """
     mask = mask.to(torch.bool)
+    if _compiling():
+        m = mask.float()
+        s = scores.float().clamp(eps, 1.0 - eps)
+        t = pseudo.detach().float()
+        bce = -(t * torch.log(s) + (1.0 - t) * torch.log1p(-s))
+        return (bce * m).sum() / m.sum().clamp_min(1.0)
     s = scores.float()[mask].clamp(eps, 1.0 - eps)
     t = pseudo.detach().float()[mask]
     if s.numel() == 0:

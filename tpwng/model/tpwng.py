@@ -247,15 +247,15 @@ class TPWNG(nn.Module):
         s_aa = s_aa.masked_fill(~mask_a, 0.0)
         return {"s_an": s_an, "s_aa": s_aa, "s_all": s_all, "other": ~pick}
 
-    def training_step(
+    def training_terms(
         self,
         xn: torch.Tensor,
         mask_n: torch.Tensor,
         xa: torch.Tensor,
         mask_a: torch.Tensor,
         labels_a: torch.Tensor,
-    ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
-        """One step of the full objective (Eq. 14).
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """One step of the full objective (Eq. 14), nothing read back to the host.
 
         Args:
             xn, xa: normal / anomalous video features ``[Bn, Tn, D]``, ``[Ba, Ta, D]``; anomalous
@@ -264,8 +264,8 @@ class TPWNG(nn.Module):
             labels_a: ``[Ba, k]`` multi-hot over all classes (column 0, normal, is ignored).
 
         Returns:
-            The total loss, the value of each term (``LOG_KEYS``) and the anomalous videos'
-            pseudo-labels ``[Ba, Ta]`` (0 on padding).
+            The total loss, the value of each term (``LOG_KEYS``, detached 0-d tensors on the
+            device) and the anomalous videos' pseudo-labels ``[Ba, Ta]`` (0 on padding).
         """
         cfg = self.cfg
         xn, xa = self._features(xn), self._features(xa)
@@ -320,10 +320,23 @@ class TPWNG(nn.Module):
         loss = sum(w * terms[k] for k, w in weights.items() if w != 0.0)
         if not isinstance(loss, torch.Tensor):  # every term switched off
             loss = eta.sum() * 0.0
-        logs = {k: float(v.detach()) for k, v in terms.items()}
-        logs["loss"] = float(loss.detach())
-        logs["pl_pos_rate"] = float(pseudo.sum() / mask_a.sum().clamp_min(1))
+        logs = {k: v.detach() for k, v in terms.items()}
+        logs["loss"] = loss.detach()
+        logs["pl_pos_rate"] = pseudo.sum() / mask_a.sum().clamp_min(1)
         return loss, logs, pseudo
+
+    def training_step(
+        self,
+        xn: torch.Tensor,
+        mask_n: torch.Tensor,
+        xa: torch.Tensor,
+        mask_a: torch.Tensor,
+        labels_a: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+        """`training_terms` with each logged value read back as a float (one host
+        synchronisation per value: the training loop keeps them on the device instead)."""
+        loss, logs, pseudo = self.training_terms(xn, mask_n, xa, mask_a, labels_a)
+        return loss, {k: float(v) for k, v in logs.items()}, pseudo
 
     @torch.no_grad()
     def pseudo_and_similarities(

@@ -23,7 +23,8 @@ from tpwng.evaluate.metrics import pseudo_label_quality
 from tpwng.features.clip_backbone import ClipSpec, load_clip
 from tpwng.features.provenance import expected_store_provenance
 from tpwng.features.store import FeatureStore, StoreError
-from tpwng.model.tpwng import TPWNG, ModelConfig
+from tpwng.model.tpwng import LOG_KEYS, TPWNG, ModelConfig
+from tpwng.train.batches import feature_sources, multi_hot, plan_epoch
 from tpwng.train.checkpoint import save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,65 @@ def training_autocast(precision: str, device: torch.device) -> torch.autocast:
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
+COMPILE_MODES = ("none", "reduce-overhead")
+
+
+def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float,
+                   device: torch.device) -> torch.optim.Adam:
+    """Adam; on CUDA its fused kernel (one launch updates every parameter), elsewhere the
+    default implementation."""
+    if device.type == "cuda":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+def compile_mode(mode: str, device: torch.device) -> str:
+    """The compilation a step gets: ``reduce-overhead`` (torch.compile, CUDA graphs) on CUDA
+    only; on any other device training runs uncompiled, with a warning (CUDA graphs exist only
+    on CUDA, and the CPU results stay those of the uncompiled step)."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"train.compile must be one of {COMPILE_MODES}, got {mode!r}")
+    if mode != "none" and device.type != "cuda":
+        log.warning("train.compile: %s applies on CUDA only; training on %s runs uncompiled",
+                    mode, device)
+        return "none"
+    return mode
+
+
+class TrainingStep:
+    """Forward pass of one step (pseudo-labels and every loss) returning the total loss and
+    the ``LOG_KEYS`` values stacked in float64, both left on the device; with ``compile``
+    ``reduce-overhead`` the forward is compiled (CUDA graphs), batches then of fixed shapes."""
+
+    def __init__(self, model: TPWNG, opt: torch.optim.Optimizer, precision: str,
+                 device: torch.device, compile: str = "none") -> None:
+        training_autocast(precision, device)  # checks the setting
+        self.model, self.opt, self.compile = model, opt, compile
+        self.precision, self.device = precision, device
+        self.stats_dtype = torch.float32 if device.type == "mps" else torch.float64
+        self._forward = self.forward
+        if compile != "none":
+            self._forward = torch.compile(self.forward, mode=compile)
+
+    def forward(self, xn: torch.Tensor, mn: torch.Tensor, xa: torch.Tensor, ma: torch.Tensor,
+                ya: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with training_autocast(self.precision, self.device):
+            loss, logs, _ = self.model.training_terms(xn, mn, xa, ma, ya)
+        return loss, torch.stack([logs[k].to(self.stats_dtype) for k in LOG_KEYS])
+
+    def __call__(self, xn: torch.Tensor, mn: torch.Tensor, xa: torch.Tensor, ma: torch.Tensor,
+                 ya: torch.Tensor) -> torch.Tensor:
+        """Forward, backward and update; the stacked ``LOG_KEYS`` values (on the device, to
+        be read once an epoch: nothing here waits for the device)."""
+        if self.compile != "none":
+            torch.compiler.cudagraph_mark_step_begin()
+        loss, stats = self._forward(xn, mn, xa, ma, ya)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return stats
+
+
 def epoch_items(videos: list[TrainVideo], epoch_over: str) -> tuple[list[int], list[int] | None]:
     """What one epoch visits once: (video index, crop) pairs, or every video once.
 
@@ -105,38 +165,24 @@ def epoch_items(videos: list[TrainVideo], epoch_over: str) -> tuple[list[int], l
     return [i for i, _ in pairs], [c for _, c in pairs]
 
 
-def batch_features(videos: list[TrainVideo], idx, rng: np.random.Generator, device,
-                   crops: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Padded features of videos ``idx`` and their mask: the given crop of each, else a
-    random one."""
-    seqs = []
-    for k, i in enumerate(idx):
-        f = videos[i].features
-        c = crops[k] if crops is not None else rng.integers(f.shape[1])
-        seqs.append(f[:, c].astype(np.float32))
-    x, mask = pad_batch(seqs)
-    return x.to(device), mask.to(device)
-
-
 def class_targets(videos: list[TrainVideo], idx, classes: list[str], device) -> torch.Tensor:
     """Multi-hot class targets ``[len(idx), k]`` of videos ``idx``."""
-    y = torch.zeros(len(idx), len(classes))
-    for row, i in enumerate(idx):
-        for c in videos[i].classes:
-            y[row, classes.index(c)] = 1.0
-    return y.to(device)
+    return multi_hot([videos[i] for i in idx], classes).to(device)
 
 
-def optimisation_step(model: TPWNG, opt: torch.optim.Optimizer, autocast: torch.autocast,
-                      xn: torch.Tensor, mn: torch.Tensor, xa: torch.Tensor, ma: torch.Tensor,
-                      ya: torch.Tensor) -> dict[str, float]:
-    """One step: pseudo-labels and every loss (`TPWNG.training_step`), backward, update."""
-    with autocast:
-        loss, logs, _ = model.training_step(xn, mn, xa, ma, ya)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return logs
+def run_epoch(step: TrainingStep, plan, source_n, source_a) -> dict[str, float]:
+    """Every step of ``plan``; the sums of the ``LOG_KEYS`` values over its steps, read from
+    the device once, at the end (the step indices go to the device once, at the start)."""
+    idx_n, crop_n = source_n.upload(plan.idx_n), source_n.upload(plan.crop_n)
+    idx_a, crop_a = source_a.upload(plan.idx_a), source_a.upload(plan.crop_a)
+    sums = None
+    for s in range(plan.steps):
+        xn, mn, _ = source_n.batch(idx_n[s], crop_n[s], plan.t_n[s])
+        xa, ma, ya = source_a.batch(idx_a[s], crop_a[s], plan.t_a[s])
+        stats = step(xn, mn, xa, ma, ya)
+        sums = torch.zeros_like(stats) if sums is None else sums
+        sums.add_(stats)  # in float64 from 0, as Python sums floats
+    return dict(zip(LOG_KEYS, sums.cpu().tolist(), strict=True))
 
 
 def pseudo_label_diagnostics(model: TPWNG, normal: list[TrainVideo], anomalous: list[TrainVideo],
@@ -166,7 +212,13 @@ def pseudo_label_diagnostics(model: TPWNG, normal: list[TrainVideo], anomalous: 
     return {f"pl_{k}": float(v) for k, v in q.items()}
 
 
-def train(settings: dict, manifest: Path, features: Path, out: Path, log_path: Path) -> dict:
+def train(settings: dict, manifest: Path, features: Path, out: Path, log_path: Path,
+          resident: str = "auto") -> dict:
+    """Train, checkpoint to ``out`` and log each epoch to ``log_path``.
+
+    ``resident``: the training features kept on the device and batches gathered there
+    (``auto``: when they take at most half its free memory; ``on``: an error where they do
+    not; ``off``: each batch copied from the host). The results are the same either way."""
     tr = settings["train"]
     seed = int(tr["seed"])
     torch.manual_seed(seed)
@@ -190,9 +242,13 @@ def train(settings: dict, manifest: Path, features: Path, out: Path, log_path: P
     model.set_feature_stats(*feature_stats(videos))
     model = model.to(device)
     params = list(model.trainable_parameters())
-    opt = torch.optim.Adam(params, lr=float(tr["lr"]), weight_decay=float(tr["weight_decay"]))
+    opt = make_optimizer(params, float(tr["lr"]), float(tr["weight_decay"]), device)
 
-    autocast = training_autocast(str(tr.get("precision", "auto")), device)
+    compiled = compile_mode(str(tr.get("compile", "none")), device)
+    step_fn = TrainingStep(model, opt, str(tr.get("precision", "auto")), device, compiled)
+    # compiled steps take batches of one shape: every one padded to max_seq_len
+    pad_to = int(tr["max_seq_len"]) if compiled != "none" else None
+    source_n, source_a = feature_sources([normal, anomalous], classes, device, resident)
     epoch_over = str(tr.get("epoch_over", "crops"))
     items_n, crops_n = epoch_items(normal, epoch_over)
     items_a, crops_a = epoch_items(anomalous, epoch_over)
@@ -209,21 +265,11 @@ def train(settings: dict, manifest: Path, features: Path, out: Path, log_path: P
     for epoch in bar:
         t0 = time.perf_counter()
         model.train()
-        sums: dict[str, float] = {}
-        batches = epoch_batches(len(items_n), len(items_a), int(tr["batch_normal"]),
-                                int(tr["batch_anomalous"]), rng)
-        for pos_n, pos_a in batches:
-            idx_n, idx_a = [items_n[p] for p in pos_n], [items_a[p] for p in pos_a]
-            xn, mn = batch_features(normal, idx_n, rng, device,
-                                    None if crops_n is None else [crops_n[p] for p in pos_n])
-            xa, ma = batch_features(anomalous, idx_a, rng, device,
-                                    None if crops_a is None else [crops_a[p] for p in pos_a])
-            ya = class_targets(anomalous, idx_a, classes, device)
-            logs = optimisation_step(model, opt, autocast, xn, mn, xa, ma, ya)
-            for k, v in logs.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-        row = {"epoch": epoch, "steps": len(batches),
-               **{k: v / len(batches) for k, v in sums.items()},
+        plan = plan_epoch(normal, anomalous, (items_n, crops_n, items_a, crops_a),
+                          int(tr["batch_normal"]), int(tr["batch_anomalous"]), rng, pad_to)
+        sums = run_epoch(step_fn, plan, source_n, source_a)
+        row = {"epoch": epoch, "steps": plan.steps,
+               **{k: v / plan.steps for k, v in sums.items()},
                "seconds": time.perf_counter() - t0}
         row.update(pseudo_label_diagnostics(model, normal, anomalous, classes, device))
         rows_log.append(row)
@@ -243,6 +289,8 @@ def train(settings: dict, manifest: Path, features: Path, out: Path, log_path: P
         "epoch_over": epoch_over,
         "steps_per_epoch": steps,
         "seed": seed,
+        "compile": compiled,
+        "resident_features": source_n.resident,
         "settings_hash": training_hash(settings),
         "train_videos": {"normal": len(normal), "anomalous": len(anomalous)},
         "train_seconds": seconds,
