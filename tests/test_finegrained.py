@@ -13,8 +13,10 @@ from tpwng.data.datasets import XD_CODES, DatasetError, parse_xd_annotation, xd_
 from tpwng.errors import CheckpointError
 from tpwng.evaluate.finegrained import (
     curve_proposals,
+    fine_grained_map,
     frame_class_probabilities,
     parse_xd_multiclass_annotation,
+    protocol_options,
     published_class_agnostic_map,
     published_fine_grained_map,
     video_class_score,
@@ -393,3 +395,110 @@ def test_video_classification_accuracy_by_hand():
         video_classification_accuracy(p[3:], classes[3:], names)
     with pytest.raises(ValueError, match="not anomaly classes"):
         video_classification_accuracy(p[:1], [["shooting"]], names)
+
+
+# --------------------------------------------------------------------------- ours vs published
+
+
+def _designed_with_riot():
+    """`_designed`, with a riot curve in the riot video: blocks [.30 .20 .02 .02] (elsewhere
+    still the constant .05, no proposal). Riot's only proposal: video 1 [0, 16) (threshold
+    .30 - .6·.28 = .132), score .30 + .7·.30 = .51, IoU 1 with its GT: riot AP 1 at every t.
+    No class is empty and every GT segment lies within its video."""
+    probs, gt = _designed()
+    probs[1][:, 2] = np.repeat([0.30, 0.20, 0.02, 0.02], 8)
+    return probs, gt
+
+
+def test_protocol_difference_1_the_ucf_normal_class_has_no_ground_truth():
+    probs, gt = _designed_with_riot()
+    # ours: normal [1 1 1/3 1/3 1/3], fighting 1, riot 1 → @.1,.2: 1; @.3-.5: 7/9; avg 13/15
+    ours = fine_grained_map(probs, gt, NAMES, "ours")
+    assert [ours[f"mAP@{t:g}"] for t in IOUS] == pytest.approx([1, 1, 7 / 9, 7 / 9, 7 / 9])
+    assert ours["mAP_avg"] == pytest.approx(13 / 15) and ours["protocol"] == "ours"
+    # published on UCF-Crime's layout: normal has no GT (AP 0) but stays in the mean → 2/3
+    for fmt in ("ucf", "folder", "synthetic"):
+        pub = fine_grained_map(probs, gt, NAMES, "published", fmt)
+        assert [pub[f"mAP@{t:g}"] for t in IOUS] == pytest.approx([2 / 3] * 5), fmt
+        assert pub["per_class"]["normal"]["n_gt"] == 0
+        assert pub["per_class"]["normal"]["AP_avg"] == 0.0
+        assert pub["per_class"]["normal"]["n_proposals"] == 5  # its proposals are all FPs
+        assert pub["per_class"]["fighting"] == ours["per_class"]["fighting"]
+        assert pub["gt_past_end"] == 0 and pub["empty_classes"] == []
+    # XD-Violence's script scores normal: here nothing else differs, so it equals ours
+    xd = fine_grained_map(probs, gt, NAMES, "published", "xd")
+    assert {k: xd[k] for k in ("per_class", "mAP_avg", *(f"mAP@{t:g}" for t in IOUS))} == {
+        k: ours[k] for k in ("per_class", "mAP_avg", *(f"mAP@{t:g}" for t in IOUS))}
+    # the knob alone
+    low = published_fine_grained_map(probs, gt, NAMES, IOUS, normal_ground_truth=False)
+    assert low["mAP_avg"] == pytest.approx(2 / 3) and low["normal_ground_truth"] is False
+
+
+def test_protocol_difference_2_annotation_ends_are_kept_as_written():
+    # fighting GT written [8, 40) of a 32-frame video; its proposal is [8, 24):
+    #   ours cuts it to [8, 32): IoU 16/24 = .667 → TP at .5 and .6 (fighting AP 1, 1)
+    #   published keeps [8, 40): IoU 16/32 = .5 → TP at .5, FP at .6 (fighting AP 1, 0)
+    # normal: @.5 1/3 (its TP is IoU .5 at rank 3), @.6 0; riot 1, 1.
+    probs, gt = _designed_with_riot()
+    gt[0] = [("fighting", 8, 40)]
+    ious = (0.5, 0.6)
+    ours = fine_grained_map(probs, gt, NAMES, "ours", ious=ious)
+    pub = fine_grained_map(probs, gt, NAMES, "published", "xd", ious=ious)
+    assert [ours["mAP@0.5"], ours["mAP@0.6"]] == pytest.approx([7 / 9, 2 / 3])
+    assert [pub["mAP@0.5"], pub["mAP@0.6"]] == pytest.approx([7 / 9, 1 / 3])
+    assert pub["per_class"]["fighting"]["AP@0.6"] == 0.0 and pub["gt_past_end"] == 1
+    assert ours["gt_past_end"] == 0
+    low = published_fine_grained_map(probs, gt, NAMES, ious, cut_to_video=False)
+    assert low["mAP@0.6"] == pytest.approx(1 / 3) and low["cut_to_video"] is False
+    # a GT segment entirely past the end: ours drops it, published keeps it as a miss
+    gt[1] = [("riot", 0, 16), ("riot", 40, 48)]
+    assert fine_grained_map(probs, gt, NAMES, "ours", ious=ious)["per_class"]["riot"][
+        "AP@0.5"] == 1.0
+    kept = fine_grained_map(probs, gt, NAMES, "published", "xd", ious=ious)["per_class"]["riot"]
+    assert kept["n_gt"] == 2 and kept["AP@0.5"] == pytest.approx(0.5)
+
+
+def test_protocol_difference_3_an_empty_class_zeroes_every_threshold():
+    # `_designed`: riot has no proposal; GT within the videos; XD format scores normal.
+    probs, gt = _designed()
+    ours = fine_grained_map(probs, gt, NAMES, "ours")
+    pub = fine_grained_map(probs, gt, NAMES, "published", "xd")
+    assert ours["mAP_avg"] == pytest.approx(8 / 15)
+    assert all(pub[f"mAP@{t:g}"] == 0.0 for t in IOUS) and pub["mAP_avg"] == 0.0
+    assert pub["per_class"] == ours["per_class"] and pub["empty_classes"] == ["riot"]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_published_ucf_map_is_13_14_of_the_anomaly_classes_mean(seed):
+    # 14 classes as on UCF-Crime, random probabilities: no class is empty, no GT past the end,
+    # so the published mode differs from ours only by the normal class
+    names, videos, gt, rng = _random_set(seed, k=14, n_videos=28)
+    probs = [rng.dirichlet(np.ones(len(names)), size=n) for n, _, _ in videos]
+    for p, (_, cls, _) in zip(probs, videos, strict=True):
+        if cls == ["normal"]:  # a normal video found as one long normal run: normal would score
+            p[:-1, 0], p[-1, 0] = 0.9, 0.1
+    ours = fine_grained_map(probs, gt, names, "ours")
+    assert ours["empty_classes"] == [] and ours["per_class"]["normal"]["AP_avg"] > 0
+    for fmt in ("ucf", "folder", "synthetic"):
+        pub = fine_grained_map(probs, gt, names, "published", fmt)
+        for t in IOUS:
+            anomaly = [ours["per_class"][c][f"AP@{t:g}"] for c in names[1:]]
+            assert pub[f"mAP@{t:g}"] == pytest.approx(13 / 14 * np.mean(anomaly))
+        assert pub["mAP_avg"] < ours["mAP_avg"]
+    xd = fine_grained_map(probs, gt, names, "published", "xd")
+    assert all(xd[f"mAP@{t:g}"] == ours[f"mAP@{t:g}"] for t in IOUS)
+
+
+def test_protocol_names_and_formats_are_checked():
+    assert protocol_options("ours") == protocol_options("ours", "xd") == {
+        "empty_class": "zero_class", "cut_to_video": True, "normal_ground_truth": True}
+    assert protocol_options("published", "xd") == {
+        "empty_class": "zero_all", "cut_to_video": False, "normal_ground_truth": True}
+    assert protocol_options("published", "ucf")["normal_ground_truth"] is False
+    with pytest.raises(ValueError, match="'vadclip'"):
+        protocol_options("vadclip", "ucf")
+    with pytest.raises(ValueError, match="dataset format.*None"):
+        protocol_options("published")
+    probs, gt = _designed()
+    with pytest.raises(ValueError, match="'kinetics'"):
+        fine_grained_map(probs, gt, NAMES, "published", "kinetics")

@@ -38,7 +38,15 @@ def _with_defaults(validator_cls):
 
 
 def validate(config: dict) -> dict:
-    """Validate in place against the schema, filling defaults; raise ConfigError on failure."""
+    """Validate in place against the schema, filling defaults; raise ConfigError on failure.
+
+    Defaults fill the top-level sections only: a dataset's own ``clip`` / ``extraction`` /
+    ``model`` / ``train`` keep just the keys it sets, so that the top-level values reach every
+    dataset that does not override them (`dataset_settings`).
+    """
+    given = {(name, section): set(ds[section])
+             for name, ds in (config.get("datasets") or {}).items() if isinstance(ds, dict)
+             for section in SECTIONS if isinstance(ds.get(section), dict)}
     schema = _schema()
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
@@ -46,6 +54,10 @@ def validate(config: dict) -> dict:
         e = errors[0]
         where = ".".join(str(p) for p in e.absolute_path) or "(top level)"
         raise ConfigError(f"invalid config at {where}: {e.message}")
+    for (name, section), keys in given.items():
+        values = config["datasets"][name][section]
+        for key in set(values) - keys:
+            del values[key]
     return config
 
 
@@ -63,7 +75,8 @@ def dataset_settings(config: dict, name: str) -> dict:
     out = {"name": name, "format": ds["format"], "root": ds.get("root"),
            "annotation_tolerance": ds.get("annotation_tolerance"),
            "classes": list(ds.get("classes") or []), "synthetic": dict(ds.get("synthetic") or {}),
-           "evaluate": dict(config.get("evaluate") or {})}
+           "evaluate": dict(config.get("evaluate") or {}),
+           "reproduction": dict(config.get("reproduction") or {})}
     override = config.get(f"{name}_root")
     if override:
         out["root"] = str(override)
@@ -101,16 +114,20 @@ STAGES: dict[str, dict[str, list[str] | None]] = {
                   "evaluate": ["threshold", "frames"]},
     "diagnostics": {"": ["name", "root", "classes"], "clip": ALL, "extraction": _STORE,
                     "model": ALL, "train": ALL, "evaluate": ["plot_videos"]},
+    # the reproduction table scores like `evaluate`, and bootstraps
+    "reproduction": {"": ["name", "format"], "evaluate": ALL, "reproduction": ALL},
     # an ablation table compares its variants' training settings
     "ablations": {"": ["name", "format", "root", "classes"], "clip": ALL, "extraction": _STORE,
                   "model": ALL, "train": ALL},
 }
 
 
-# How many CPUs a job uses is the rule's `threads` (passed as --threads), and how many GPUs an
-# extraction job encodes on is its `gpu` resource (passed as --gpus), never tracked settings:
-# changing them must not re-run anything.
-UNTRACKED = {"extraction": ("threads", "gpus"), "train": ("threads",)}
+# How many CPUs a job uses is the rule's `threads` (passed as --threads), how many GPUs an
+# extraction job encodes on is its `gpu` resource (passed as --gpus), and how much of a GPU a
+# training job takes is its `gpu_share` resource, never tracked settings: changing them must not
+# re-run anything. Nor must the list of seeds: each seed's model reads only its own
+# `train.seed` (`with_seed`).
+UNTRACKED = {"extraction": ("threads", "gpus"), "train": ("threads", "gpu_share", "seeds")}
 
 
 def stage_settings(settings: dict, stage: str) -> dict:
@@ -140,3 +157,17 @@ def settings_hash(settings: dict) -> str:
     """A short stable hash of a dataset's settings (recorded in every output)."""
     blob = json.dumps(settings, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def seeds(settings: dict) -> list[int]:
+    """The seeds of a dataset's reproduction: ``train.seeds``, or ``train.seed`` alone."""
+    listed = settings["train"].get("seeds")
+    return [int(settings["train"]["seed"])] if listed is None else [int(s) for s in listed]
+
+
+def with_seed(settings: dict, seed: int) -> dict:
+    """A copy of a dataset's settings that trains with ``seed``: the main model's settings when
+    ``seed`` is ``train.seed``, so its settings hash is the main model's."""
+    out = copy.deepcopy(settings)
+    out["train"]["seed"] = int(seed)
+    return out

@@ -16,9 +16,10 @@ class CheckpointError(RuntimeError):
 def _expected() -> tuple[type[BaseException], ...]:
     from tpwng.config import ConfigError
     from tpwng.data.datasets import DatasetError
+    from tpwng.evaluate import ResultsError
 
     return (ClipWeightsError, StoreError, VideoError, CheckpointError, ConfigError,
-            DatasetError, WriteError, DeviceCountError, FileNotFoundError)
+            DatasetError, WriteError, DeviceCountError, ResultsError, FileNotFoundError)
 
 
 EXPECTED_ERRORS = _expected()

@@ -19,15 +19,18 @@ import jsonschema
 import yaml
 
 from tpwng import RESOURCES
-from tpwng.config import SCHEMA_PATH, ConfigError, stage_settings, training_hash
+from tpwng.config import SCHEMA_PATH, ConfigError, stage_settings, training_hash, with_seed
+from tpwng.evaluate import ResultsError
 
 if TYPE_CHECKING:
     import pandas as pd
 
 TABLE_COLUMNS = (
     "table", "variant", "paper_row", "branch", "overrides", "settings_hash", "metric", "ours",
-    "frame_auc", "frame_ap", "paper_ucf_auc", "paper_xd_ap",
+    "frame_auc", "frame_ap", "paper_ucf_auc", "paper_xd_ap", "seeds", "ours_std",
+    "diff_to_main", "diff_std", "diff_p", "exceeds_seed_spread",
 )
+SPREAD_LEVEL = 0.05  # a paired difference "exceeds the seed spread" below this two-sided p
 
 
 @dataclass(frozen=True)
@@ -122,34 +125,91 @@ def _pct(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}"
 
 
-def assemble_table(table: str, settings: dict, metric_files: list[Path]) -> list[dict[str, str]]:
+def _metric_record(path: Path, expected_hash: str, what: str) -> dict:
+    """A metrics file's metrics, checked to be of the settings ``expected_hash`` stands for."""
+    record = json.loads(Path(path).read_text())
+    if record.get("settings_hash") != expected_hash:
+        raise ResultsError(f"{path}: settings hash {record.get('settings_hash')} is not "
+                           f"{what}'s ({expected_hash})")
+    return record["metrics"]
+
+
+def paired_difference(ours: list[float], main: list[float]) -> dict[str, str]:
+    """A variant against the main model over the same seeds (percent points): the mean and
+    sample std of the per-seed differences, the two-sided p of a paired t-test, and whether the
+    difference exceeds the seed spread (p < `SPREAD_LEVEL`). Empty with one seed."""
+    import numpy as np
+    from scipy.stats import t as student_t
+
+    d = np.asarray(ours, dtype=np.float64) - np.asarray(main, dtype=np.float64)
+    out = {"diff_to_main": _pct(float(d.mean())), "diff_std": "", "diff_p": "",
+           "exceeds_seed_spread": ""}
+    if d.size < 2:
+        return out
+    sd = float(d.std(ddof=1))
+    out["diff_std"] = _pct(sd)
+    if sd == 0.0:
+        p = 1.0 if d.mean() == 0.0 else 0.0  # the same model, or a shift without any spread
+    else:
+        p = float(2 * student_t.sf(abs(d.mean()) / (sd / np.sqrt(d.size)), d.size - 1))
+    out["diff_p"] = f"{p:.4f}"
+    out["exceeds_seed_spread"] = "yes" if p < SPREAD_LEVEL else "no"
+    return out
+
+
+def assemble_table(table: str, settings: dict, metric_files: list[Path],
+                   seeds: list[int] | None = None,
+                   main_files: list[Path] | None = None) -> list[dict[str, str]]:
     """One row per variant of ``table`` (values in percent) from its metric JSONs, in row order.
 
-    ``metric_files[i]`` is the ``*_metrics.json`` of row i; its settings hash must be the
-    variant's, which guards against a row read from the wrong branch.
+    ``metric_files`` hold row after row, each row's files in ``seeds`` order (default: the
+    dataset's ``train.seed`` alone); ``main_files`` are the main model's over the same seeds.
+    Each file's settings hash must be its variant's with its seed, which guards against a row
+    read from the wrong branch or seed. ``ours`` is the mean over seeds, ``ours_std`` their
+    sample std, and the difference to the main model is paired by seed (`paired_difference`).
     """
+    import numpy as np
+
     rows = tables()[table]
-    if len(metric_files) != len(rows):
-        raise ValueError(f"{table} has {len(rows)} rows, got {len(metric_files)} metric files")
+    seeds = [int(settings["train"]["seed"])] if seeds is None else [int(x) for x in seeds]
+    if len(set(seeds)) != len(seeds):
+        raise ResultsError(f"seeds must be distinct, got {seeds}")
+    if len(metric_files) != len(rows) * len(seeds):
+        raise ResultsError(f"{table} has {len(rows)} rows x {len(seeds)} seeds, got "
+                           f"{len(metric_files)} metric files")
+    if main_files is not None and len(main_files) != len(seeds):
+        raise ResultsError(f"{len(seeds)} seeds but {len(main_files)} metric files of the "
+                           "main model")
     paper = paper_tables()[table]["rows"]
     metric = headline_metric(settings)
     branch = branches(settings)
+    main = None
+    if main_files is not None:
+        main = [100 * _metric_record(f, training_hash(with_seed(settings, s)),
+                                     f"the main model of seed {s}")[metric]
+                for f, s in zip(main_files, seeds, strict=True)]
     out = []
-    for v, path in zip(rows, metric_files, strict=True):
-        record = json.loads(Path(path).read_text())
-        expected = training_hash(variant_settings(settings, v.name))
-        if record.get("settings_hash") != expected:
-            raise ValueError(f"{path}: settings hash {record.get('settings_hash')} is not "
-                             f"variant {v.name!r}'s ({expected})")
-        m = record["metrics"]
+    for i, v in enumerate(rows):
+        files = metric_files[i * len(seeds):(i + 1) * len(seeds)]
+        ms = [_metric_record(f, training_hash(variant_settings(with_seed(settings, s), v.name)),
+                             f"variant {v.name!r} with seed {s}")
+              for f, s in zip(files, seeds, strict=True)]
+        ours = [100 * m[metric] for m in ms]
         p = paper.get(v.paper_row, {}) if v.paper_row else {}
-        out.append({
+        row = {
             "table": table, "variant": v.name, "paper_row": p.get("label", ""),
             "branch": branch[v.name] or "main", "overrides": json.dumps(v.overrides),
-            "settings_hash": expected, "metric": metric, "ours": _pct(100 * m[metric]),
-            "frame_auc": _pct(100 * m["frame_auc"]), "frame_ap": _pct(100 * m["frame_ap"]),
+            "settings_hash": training_hash(variant_settings(settings, v.name)),
+            "metric": metric, "ours": _pct(float(np.mean(ours))),
+            "frame_auc": _pct(100 * float(np.mean([m["frame_auc"] for m in ms]))),
+            "frame_ap": _pct(100 * float(np.mean([m["frame_ap"] for m in ms]))),
             "paper_ucf_auc": _pct(p.get("ucf_auc")), "paper_xd_ap": _pct(p.get("xd_ap")),
-        })
+            "seeds": " ".join(map(str, seeds)),
+            "ours_std": _pct(float(np.std(ours, ddof=1))) if len(ours) > 1 else "",
+        }
+        blank = dict.fromkeys(("diff_to_main", "diff_std", "diff_p", "exceeds_seed_spread"), "")
+        row |= blank if main is None else paired_difference(ours, main)
+        out.append(row)
     return out
 
 
@@ -187,7 +247,12 @@ def plot_table(rows: list[dict[str, str]], path: Path, title: str) -> None:
         for k, (key, label, color) in enumerate(series):
             vals = values[key]
             offset = (k - (len(series) - 1) / 2) * width
-            bars = ax.bar(x + offset, vals, width, label=label, color=color)
+            err = None
+            if key == "ours" and any(r.get("ours_std") for r in rows):
+                err = [float(r["ours_std"]) if r.get("ours_std") else 0.0 for r in rows]
+                label += f", mean ± std over seeds {rows[0]['seeds']}"
+            bars = ax.bar(x + offset, vals, width, label=label, color=color, yerr=err,
+                          capsize=2 if err else 0)
             ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
         ax.set_xticks(x, [r["variant"] for r in rows], rotation=20, ha="right", fontsize=8)
         ax.set_ylabel("percent")
@@ -197,9 +262,10 @@ def plot_table(rows: list[dict[str, str]], path: Path, title: str) -> None:
 
 
 def build_table(table: str, settings: dict, metric_files: list[Path], out: Path,
-                plot: Path | None = None) -> list[dict[str, str]]:
+                plot: Path | None = None, seeds: list[int] | None = None,
+                main_files: list[Path] | None = None) -> list[dict[str, str]]:
     """Assemble, write and (optionally) plot one ablation table."""
-    rows = assemble_table(table, settings, metric_files)
+    rows = assemble_table(table, settings, metric_files, seeds, main_files)
     write_rows(rows, out)
     if plot is not None:
         source = paper_tables()[table]["source"]
@@ -217,8 +283,8 @@ def summary_table(table_files: list[Path], baselines: Path | None = None) -> pd.
     if baselines is not None:
         metrics = {r["metric"] for r in rows}
         if len(metrics) != 1:
-            raise ValueError(f"the ablation tables name {len(metrics)} metrics {sorted(metrics)}; "
-                             "the baselines need one")
+            raise ResultsError(f"the ablation tables name {len(metrics)} metrics "
+                               f"{sorted(metrics)}; the baselines need one")
         metric = metrics.pop()
 
         def pct(value: float) -> str:
@@ -237,28 +303,3 @@ def write_summary(table_files: list[Path], out: Path, baselines: Path | None = N
     from tpwng.files import write_table
 
     write_table(out, summary_table(table_files, baselines), unquoted=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m tpwng.evaluate.ablations summary --out OUT [--baselines TSV] TABLE.tsv ...``."""
-    import argparse
-    import sys
-
-    p = argparse.ArgumentParser(prog="python -m tpwng.evaluate.ablations")
-    sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("summary", help="every ablation table (and the baselines) in one TSV")
-    s.add_argument("--out", required=True)
-    s.add_argument("--baselines", help="results/NAME/baselines.tsv, appended as rows")
-    s.add_argument("tables", nargs="+")
-    a = p.parse_args(argv)
-    try:
-        write_summary([Path(t) for t in a.tables], Path(a.out),
-                      Path(a.baselines) if a.baselines else None)
-    except (OSError, ValueError, KeyError) as exc:
-        print(f"{p.prog} {a.command}: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

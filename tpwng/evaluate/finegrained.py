@@ -4,7 +4,11 @@ classification. The per-snippet class probabilities themselves are the model's
 
 Fine-grained detection follows the protocol of the published XD-Violence / UCF-Crime evaluation
 scripts of VadCLIP (see `published_fine_grained_map`); `published_class_agnostic_map` is the same
-protocol on one anomaly curve. Frame intervals are 0-based and end-exclusive throughout.
+protocol on one anomaly curve. Two named modes (`fine_grained_map`, `PROTOCOLS`): ``"ours"``
+(the default) and ``"published"``, the scripts' behaviour as shipped, which differs from ours in
+three ways (`protocol_options`): on UCF-Crime the normal class never has ground truth, annotation
+ends are kept as written past the video's end, and one class without proposals makes the mAP 0.
+Frame intervals are 0-based and end-exclusive throughout.
 """
 
 from __future__ import annotations
@@ -15,7 +19,14 @@ from typing import Literal
 
 import numpy as np
 
-from tpwng.data.datasets import NORMAL, XD_CODES, DatasetError, read_lines, strip_video_extension
+from tpwng.data.datasets import (
+    NORMAL,
+    XD_CODES,
+    DatasetError,
+    parse_int,
+    read_lines,
+    strip_video_extension,
+)
 
 DEFAULT_IOUS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)
 # Constants of the published protocol.
@@ -26,6 +37,12 @@ MIN_PROPOSAL_FRAMES = 2
 TOPK_DIVISOR = 16  # video-level class score: mean of the top ⌊frames / 16⌋ frame values
 
 EmptyClass = Literal["zero_class", "zero_all"]
+Protocol = Literal["ours", "published"]
+PROTOCOLS: tuple[str, ...] = ("ours", "published")
+# Formats whose ground truth is in UCF-Crime's layout (the UCF temporal annotation format), where
+# the published protocol is that of the UCF-Crime script, whose normal class has no ground truth.
+NORMAL_QUIRK_FORMATS: tuple[str, ...] = ("ucf", "folder", "synthetic")
+KNOWN_FORMATS: tuple[str, ...] = (*NORMAL_QUIRK_FORMATS, "xd")
 VideoScore = Literal["mean", "topk"]
 Segment = tuple[str, int, int]  # (class name, start, end)
 
@@ -80,11 +97,7 @@ def parse_xd_multiclass_annotation(path: str | os.PathLike[str]) -> dict[str, li
         for code, start_text, end_text in zip(rest[::3], rest[1::3], rest[2::3], strict=True):
             if code not in XD_CODES or XD_CODES[code] == NORMAL:
                 raise DatasetError(f"{where}: unknown anomaly class code {code!r}")
-            try:
-                start, end = int(start_text), int(end_text)
-            except ValueError:
-                raise DatasetError(f"{where}: interval bounds must be integers, got "
-                                   f"{start_text!r} {end_text!r}") from None
+            start, end = parse_int(start_text, where), parse_int(end_text, where)
             if start < 0 or end <= start:
                 raise DatasetError(f"{where}: bad interval {start}-{end} (need 0 <= start < end)")
             segments.append((XD_CODES[code], start, end))
@@ -117,7 +130,7 @@ def video_ground_truth(
 # --------------------------------------------------------------------------- protocol pieces
 
 
-def _iou(a: tuple[int, int], b: tuple[int, int]) -> float:
+def segment_iou(a: tuple[int, int], b: tuple[int, int]) -> float:
     """IoU of the frame sets ``range(*a)`` and ``range(*b)``."""
     inter = max(0, min(a[1], b[1]) - max(a[0], b[0]))
     union = (a[1] - a[0]) + (b[1] - b[0]) - inter
@@ -155,9 +168,32 @@ def curve_proposals(curve: np.ndarray) -> list[tuple[int, int, float]]:
     runs.sort(key=lambda r: -r[2])
     kept: list[tuple[int, int, float]] = []
     for r in runs:
-        if all(_iou((r[0], r[1]), (k[0], k[1])) <= NMS_IOU for k in kept):
+        if all(segment_iou((r[0], r[1]), (k[0], k[1])) <= NMS_IOU for k in kept):
             kept.append(r)
     return kept
+
+
+def match_proposals(proposals: Sequence[tuple[int, int, float]],
+                    gt: Sequence[tuple[int, int]], t: float) -> np.ndarray:
+    """True positives (bool, in the given order) of one video's ``(start, end, score)``
+    proposals at IoU ``t``: in descending score (stable), each takes the unused GT segment of
+    its video with the best IoU ``>= t`` (the first on ties)."""
+    order = sorted(range(len(proposals)), key=lambda i: -proposals[i][2])
+    used = np.zeros(len(gt), dtype=bool)
+    tp = np.zeros(len(proposals), dtype=bool)
+    for i in order:
+        s, e, _ = proposals[i]
+        best, best_j = -1.0, -1
+        for j, g in enumerate(gt):
+            if used[j]:
+                continue
+            iou = segment_iou((s, e), g)
+            if iou >= t and iou > best:
+                best, best_j = iou, j
+        if best_j >= 0:
+            used[best_j] = True
+            tp[i] = True
+    return tp
 
 
 def _class_ap(
@@ -170,25 +206,19 @@ def _class_ap(
 
     ``proposals`` are ``(video, start, end, score)``, ranked here by descending score (stable:
     ties keep video order, then temporal order). A proposal is a true positive when some unused
-    GT segment of its video has IoU ``>= t``; it uses the best one (the first on ties).
+    GT segment of its video has IoU ``>= t`` (`match_proposals`: a match depends on its own
+    video's proposals only, so each video is matched on its own).
     """
     if n_gt == 0 or not proposals:
         return 0.0
+    by_video: dict[int, list[int]] = {}
+    for i, (v, *_) in enumerate(proposals):
+        by_video.setdefault(v, []).append(i)
+    hit = np.zeros(len(proposals), dtype=bool)
+    for v, members in by_video.items():
+        hit[members] = match_proposals([proposals[i][1:] for i in members], gt.get(v, []), t)
     order = sorted(range(len(proposals)), key=lambda i: -proposals[i][3])
-    used = {v: np.zeros(len(segs), dtype=bool) for v, segs in gt.items()}
-    tp = np.zeros(len(order))
-    for rank, i in enumerate(order):
-        v, s, e, _ = proposals[i]
-        best, best_j = -1.0, -1
-        for j, g in enumerate(gt.get(v, [])):
-            if used[v][j]:
-                continue
-            iou = _iou((s, e), g)
-            if iou >= t and iou > best:
-                best, best_j = iou, j
-        if best_j >= 0:
-            used[v][best_j] = True
-            tp[rank] = 1.0
+    tp = hit[order].astype(np.float64)
     precision = np.cumsum(tp) / np.arange(1, len(tp) + 1)
     return float(np.sum(precision * tp) / n_gt)
 
@@ -200,11 +230,15 @@ def _check_ious(ious: Sequence[float]) -> list[float]:
     return ious
 
 
-def _cut(segment: tuple[int, int], n_frames: int, what: str) -> tuple[int, int] | None:
-    """A GT interval cut to the video's length (as the published scripts do); None if empty."""
+def _cut(segment: tuple[int, int], n_frames: int, what: str,
+         cut: bool = True) -> tuple[int, int] | None:
+    """A GT interval cut to the video's length (ours; None if nothing is left), or with
+    ``cut=False`` kept as written, as the published scripts' ``gt_segment`` files keep it."""
     s, e = int(segment[0]), int(segment[1])
     if s < 0 or e <= s:
         raise ValueError(f"{what}: bad interval {s}-{e} (need 0 <= start < end)")
+    if not cut:
+        return s, e
     e = min(e, n_frames)
     return (s, e) if e > s else None
 
@@ -218,9 +252,12 @@ def published_fine_grained_map(
     classnames: Sequence[str],
     ious: Sequence[float] = DEFAULT_IOUS,
     empty_class: EmptyClass = "zero_class",
+    cut_to_video: bool = True,
+    normal_ground_truth: bool = True,
 ) -> dict:
     """Fine-grained temporal detection mAP in the protocol of the published XD-Violence and
-    UCF-Crime scripts (VadCLIP's).
+    UCF-Crime scripts (VadCLIP's); the defaults are our choices (`fine_grained_map` names the
+    two modes).
 
     Per video ``v`` and class ``c`` (normal included), on the per-frame curve
     ``p_v[:, c]`` (`frame_class_probabilities`): proposals are `curve_proposals` — runs above
@@ -232,11 +269,18 @@ def published_fine_grained_map(
 
     Ground truth per video comes from `video_ground_truth`: a normal video is one ``normal``
     segment over the whole video, so normal-class proposals inside anomalous videos are false
-    positives. GT intervals are cut to the video's frame count.
+    positives. GT intervals are cut to the video's frame count (``cut_to_video``, ours); with
+    ``cut_to_video=False`` they are kept as written, ends past the video included (the published
+    scripts' ``gt_segment`` files), so such a segment's IoU counts frames no proposal can cover.
 
     ``empty_class`` decides what a class without any proposal (in any video) does:
     ``"zero_class"`` (ours, the default) gives that class AP 0 and averages as usual;
     ``"zero_all"`` reproduces the published scripts, whose mAP at every threshold is then 0.
+
+    ``normal_ground_truth=False`` drops every ``normal`` GT segment while the normal class stays
+    in the mean: its AP is 0 and ``mAP = Σ anomaly APs / k``. That is what the published
+    UCF-Crime script computes (its ground-truth label of normal videos, ``A``, is not in its
+    class list, where normal is ``Normal``).
 
     Values are fractions in [0, 1] (the scripts print them × 100). Proposals of equal score
     keep video order, then temporal order (the scripts' sort leaves such ties unordered).
@@ -249,20 +293,35 @@ def published_fine_grained_map(
 
     Returns:
         ``{"mAP@0.1": ..., ..., "mAP_avg": ..., "per_class": {name: {"AP@0.1": ..., "AP_avg":
-        ..., "n_gt": ..., "n_proposals": ...}}, "empty_classes": [...], "empty_class": ...}``.
+        ..., "n_gt": ..., "n_proposals": ...}}, "empty_classes": [...], "empty_class": ...,
+        "cut_to_video": ..., "normal_ground_truth": ..., "gt_past_end": ...}`` where
+        ``gt_past_end`` counts the GT segments kept ending past their video.
     """
     if empty_class not in ("zero_class", "zero_all"):
         raise ValueError(f"empty_class must be 'zero_class' or 'zero_all', got {empty_class!r}")
     ious = _check_ious(ious)
-    names = list(classnames)
-    k = len(names)
+    _check_lengths(frame_probs, ground_truth)
+    proposals, frames = _class_proposals(frame_probs, len(classnames))
+    return _score_map(proposals, frames, ground_truth, list(classnames), ious, empty_class,
+                      cut_to_video, normal_ground_truth)
+
+
+ClassProposals = list[list[tuple[int, int, int, float]]]  # per class: (video, start, end, score)
+
+
+def _check_lengths(frame_probs: Sequence[np.ndarray],
+                   ground_truth: Sequence[Sequence[Segment]]) -> None:
     if len(frame_probs) != len(ground_truth):
         raise ValueError(f"{len(frame_probs)} videos of probabilities but {len(ground_truth)} "
                          "of ground truth")
-    index = {c: i for i, c in enumerate(names)}
-    proposals: list[list[tuple[int, int, int, float]]] = [[] for _ in range(k)]
-    gt: list[dict[int, list[tuple[int, int]]]] = [{} for _ in range(k)]
-    for v, (probs, segments) in enumerate(zip(frame_probs, ground_truth, strict=True)):
+
+
+def _class_proposals(frame_probs: Sequence[np.ndarray], k: int) -> tuple[ClassProposals,
+                                                                           list[int]]:
+    """Per class, every video's `curve_proposals`; and each video's frame count."""
+    proposals: ClassProposals = [[] for _ in range(k)]
+    frames = []
+    for v, probs in enumerate(frame_probs):
         p = np.asarray(probs, dtype=np.float64)
         if p.ndim != 2 or p.shape[1] != k:
             raise ValueError(f"video {v}: probabilities must be [frames, {k}], got {p.shape}")
@@ -270,12 +329,27 @@ def published_fine_grained_map(
             raise ValueError(f"video {v}: probabilities contain NaN or inf")
         for c in range(k):
             proposals[c] += [(v, s, e, score) for s, e, score in curve_proposals(p[:, c])]
+        frames.append(p.shape[0])
+    return proposals, frames
+
+
+def _score_map(proposals: ClassProposals, frames: list[int],
+               ground_truth: Sequence[Sequence[Segment]], names: list[str], ious: list[float],
+               empty_class: EmptyClass, cut_to_video: bool, normal_ground_truth: bool) -> dict:
+    """`published_fine_grained_map` from the proposals of `_class_proposals`."""
+    k = len(names)
+    index = {c: i for i, c in enumerate(names)}
+    gt: list[dict[int, list[tuple[int, int]]]] = [{} for _ in range(k)]
+    past_end = 0
+    for v, segments in enumerate(ground_truth):
         for name, s, e in segments:
             if name not in index:
                 raise ValueError(f"video {v}: ground-truth class {name!r} is not in {names}")
-            cut = _cut((s, e), p.shape[0], f"video {v}")
-            if cut is not None:
-                gt[index[name]].setdefault(v, []).append(cut)
+            cut = _cut((s, e), frames[v], f"video {v}", cut_to_video)
+            if cut is None or (name == NORMAL and not normal_ground_truth):
+                continue
+            gt[index[name]].setdefault(v, []).append(cut)
+            past_end += cut[1] > frames[v]
 
     n_gt = [sum(len(g) for g in gt[c].values()) for c in range(k)]
     empty = [names[c] for c in range(k) if not proposals[c]]
@@ -289,8 +363,65 @@ def published_fine_grained_map(
         value = float(np.mean([per_class[n][f"AP@{t:g}"] for n in names]))
         out[f"mAP@{t:g}"] = 0.0 if (empty and empty_class == "zero_all") else value
     out["mAP_avg"] = float(np.mean([out[f"mAP@{t:g}"] for t in ious]))
-    out |= {"per_class": per_class, "empty_classes": empty, "empty_class": empty_class}
+    out |= {"per_class": per_class, "empty_classes": empty, "empty_class": empty_class,
+            "cut_to_video": cut_to_video, "normal_ground_truth": normal_ground_truth,
+            "gt_past_end": past_end}
     return out
+
+
+def protocol_options(protocol: Protocol, fmt: str | None = None) -> dict:
+    """`published_fine_grained_map`'s options for a named protocol on a dataset format.
+
+    ``"ours"`` (any format): the normal class scored, GT cut to the video, a class without
+    proposals AP 0 in the mean. ``"published"``: what VadCLIP's scripts compute from their
+    shipped ``gt_segment*`` / ``gt_label*`` files: GT ends as written, mAP 0 at every threshold
+    once a class has no proposal, and on formats in UCF-Crime's layout (``ucf``, ``folder``,
+    ``synthetic``) no normal ground truth (the UCF-Crime script's normal class scores AP 0 and
+    the mean is the anomaly APs' sum over all classes); XD-Violence's script scores normal.
+    """
+    if protocol == "ours":
+        return {"empty_class": "zero_class", "cut_to_video": True, "normal_ground_truth": True}
+    if protocol != "published":
+        raise ValueError(f"fine-grained protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if fmt not in KNOWN_FORMATS:
+        raise ValueError(f"the published fine-grained protocol depends on the dataset format "
+                         f"(one of {KNOWN_FORMATS}), got {fmt!r}")
+    return {"empty_class": "zero_all", "cut_to_video": False,
+            "normal_ground_truth": fmt not in NORMAL_QUIRK_FORMATS}
+
+
+def fine_grained_map(
+    frame_probs: Sequence[np.ndarray],
+    ground_truth: Sequence[Sequence[Segment]],
+    classnames: Sequence[str],
+    protocol: Protocol = "ours",
+    fmt: str | None = None,
+    ious: Sequence[float] = DEFAULT_IOUS,
+) -> dict:
+    """`published_fine_grained_map` in a named protocol (`protocol_options`); ``fmt`` (the
+    dataset format) is needed by ``"published"``. For ``"published"``, ``ground_truth`` must
+    carry the annotation ends as written. The result also names its ``protocol``."""
+    return fine_grained_maps(frame_probs, {protocol: ground_truth}, classnames, fmt,
+                             ious)[protocol]
+
+
+def fine_grained_maps(
+    frame_probs: Sequence[np.ndarray],
+    ground_truth: dict[Protocol, Sequence[Sequence[Segment]]],
+    classnames: Sequence[str],
+    fmt: str | None = None,
+    ious: Sequence[float] = DEFAULT_IOUS,
+) -> dict[Protocol, dict]:
+    """`fine_grained_map` in several protocols at once (protocol -> its ground truth), the
+    proposals, which do not depend on the protocol, found once."""
+    options = {protocol: protocol_options(protocol, fmt) for protocol in ground_truth}
+    ious = _check_ious(ious)
+    for gt in ground_truth.values():
+        _check_lengths(frame_probs, gt)
+    proposals, frames = _class_proposals(frame_probs, len(classnames))
+    return {protocol: {**_score_map(proposals, frames, gt, list(classnames), ious,
+                                    **options[protocol]), "protocol": protocol}
+            for protocol, gt in ground_truth.items()}
 
 
 def published_class_agnostic_map(

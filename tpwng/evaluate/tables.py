@@ -12,15 +12,16 @@ import numpy as np
 import pandas as pd
 
 from tpwng import RESOURCES, __version__
-from tpwng.data.datasets import NORMAL
+from tpwng.data.datasets import NORMAL, Interval
 from tpwng.data.grid import expand_to_frames, frame_labels, whole_snippet_frames
-from tpwng.data.manifest import ManifestRow, read_manifest
+from tpwng.data.manifest import ManifestRow, read_cuts, read_manifest
 from tpwng.evaluate.baselines import MilSettings, nearest_normal_distance, topk_mil_ranking
 from tpwng.evaluate.finegrained import (
     DEFAULT_IOUS,
+    NORMAL_QUIRK_FORMATS,
+    fine_grained_maps,
     frame_class_probabilities,
     parse_xd_multiclass_annotation,
-    published_fine_grained_map,
     video_classification_accuracy,
     video_ground_truth,
 )
@@ -34,7 +35,7 @@ from tpwng.evaluate.metrics import (
     metrics_table,
 )
 from tpwng.evaluate.plots import plot_roc_pr, plot_score_curves, spread
-from tpwng.features.provenance import expected_store_provenance
+from tpwng.features.provenance import expected_store_provenance, store_source
 from tpwng.features.store import FeatureStore
 from tpwng.files import write_json, write_table
 from tpwng.train.checkpoint import load_checkpoint
@@ -88,57 +89,117 @@ def video_results(manifest: Path, scores: Path, frames: str = "video") -> list[V
 
 XD_CLASS_ANNOTATION = RESOURCES / "xd_violence" / "annotations_multiclasses.txt"
 FINE_GRAINED_PROTOCOL = (
-    "published fine-grained detection protocol (VadCLIP-style XD-Violence / UCF-Crime scripts): "
-    "per class, normal included, proposals are runs of the per-frame class-probability curve "
-    "above max - 0.6 (max - min), >= 2 frames, scored max + 0.7 x mean of the top frames/16, "
-    "matched greedily at IoU >= t; AP = sum of precision at true positives / ground-truth "
-    "segments; mAP = mean over all classes. Ground truth: XD-Violence per-class intervals of "
-    "annotations_multiclasses.txt, other datasets the manifest intervals under the video's "
-    "class; a normal video is one normal segment. Empty classes (no proposal in any video, "
-    "listed in fine_grained_empty_classes) count AP 0 in the mean; the published scripts then "
-    "report mAP 0 at every threshold"
+    "ours: the published fine-grained detection protocol (VadCLIP-style XD-Violence / UCF-Crime "
+    "scripts): per class, normal included, proposals are runs of the per-frame class-probability "
+    "curve above max - 0.6 (max - min), >= 2 frames, scored max + 0.7 x mean of the top "
+    "frames/16, matched greedily at IoU >= t; AP = sum of precision at true positives / "
+    "ground-truth segments; mAP = mean over all classes. Ground truth: XD-Violence per-class "
+    "intervals of annotations_multiclasses.txt, other datasets the manifest intervals under the "
+    "video's class, cut to the evaluated frames; a normal video is one normal segment, scored on "
+    "every dataset. Empty classes (no proposal in any video, listed in "
+    "fine_grained_empty_classes) count AP 0 in the mean; the published scripts then report mAP 0 "
+    "at every threshold (fine_grained_published_*: the scripts' behaviour)"
 )
 
 
-def class_ground_truth(videos: Sequence[VideoResult], rows: dict[str, ManifestRow],
-                       fmt: str) -> list[list[tuple[str, int, int]]]:
+def published_protocol_description(fmt: str, past_end: int, ends_from: str) -> str:
+    """The ``fine_grained_published_protocol`` line: the published scripts' behaviour on a
+    dataset of format ``fmt`` with ``past_end`` GT segments ending past their video."""
+    normal = ("normal class without ground truth (the UCF-Crime script's quirk: its normal "
+              "videos' label 'A' is not in its class list), so normal scores AP 0 and the mean "
+              "is the anomaly APs over all classes (13/14 of their mean on UCF-Crime)"
+              if fmt in NORMAL_QUIRK_FORMATS else
+              "normal class scored (the XD-Violence script)")
+    return (f"published: VadCLIP's *_detectionMAP.py on its gt_segment/gt_label files: same "
+            f"proposals and matching as ours; {normal}; annotation ends as written ({past_end} "
+            f"ground-truth segments end past their video; ends from {ends_from}); a class "
+            "without proposals makes the mAP 0 at every threshold")
+
+
+def class_ground_truth(videos: Sequence[VideoResult], rows: dict[str, ManifestRow], fmt: str,
+                       written: dict[str, list[Interval]] | None = None,
+                       ) -> list[list[tuple[str, int, int]]]:
     """Per video its ``(class, start, end)`` ground-truth segments for the fine-grained mAP
     (`tpwng.evaluate.finegrained.video_ground_truth`): XD-Violence (``fmt == "xd"``) takes the
-    per-class intervals of ``annotations_multiclasses.txt``, other formats the manifest's
-    intervals under the video's class."""
+    per-class intervals of ``annotations_multiclasses.txt`` (as written), other formats the
+    manifest's intervals under the video's class, or a video's intervals in ``written`` (see
+    `written_intervals`) where given."""
     per_class = parse_xd_multiclass_annotation(XD_CLASS_ANNOTATION) if fmt == "xd" else {}
+    written = written or {}
     out = []
     for v in videos:
         row = rows[v.video_id]
         anomalous = list(row.classes) != [NORMAL]
         intervals = per_class.get(v.video_id) if anomalous else None
+        plain = written.get(v.video_id, row.intervals)
         try:
-            out.append(video_ground_truth(row.classes, v.n_frames, row.intervals, intervals))
+            out.append(video_ground_truth(row.classes, v.n_frames, plain, intervals))
         except ValueError as exc:
             raise ValueError(f"test video {v.video_id}: {exc}") from None
     return out
 
 
+def written_intervals(rows: dict[str, ManifestRow], cuts: Path) -> dict[str, list[Interval]]:
+    """Each test video's manifest intervals with the annotation ends as written: an interval
+    that the manifest stage cut to the video's end (listed in ``cuts``, its
+    ``annotation_cuts.tsv``) gets its written end back. Cuts of videos outside ``rows`` (not
+    test videos) are passed over; a cut that does not match its test video's manifest row (a
+    list of another manifest) is an error naming the file."""
+    out = {v: list(r.intervals) for v, r in rows.items()}
+    for cut in read_cuts(cuts):
+        row = rows.get(cut.video_id)
+        if row is None:
+            continue
+        here = out[cut.video_id]
+        if cut.used not in here or cut.frames != row.frames:
+            raise ValueError(f"{cuts}: cut {cut.written[0]}-{cut.written[1]} -> "
+                             f"{cut.used[0]}-{cut.used[1]} of video {cut.video_id} "
+                             f"({cut.frames} frames) does not match the manifest (intervals "
+                             f"{row.intervals}, {row.frames} frames); rerun the manifest stage")
+        here[here.index(cut.used)] = cut.written
+    return out
+
+
 def class_metrics(videos: Sequence[VideoResult], rows: dict[str, ManifestRow], scores: Path,
-                  fmt: str) -> dict:
-    """The published fine-grained detection mAP and the video classification accuracy of the
-    anomalous test videos, from the class probabilities of a scores file.
+                  fmt: str, cuts: Path | None = None) -> dict:
+    """The fine-grained detection mAP in both protocols (ours, ``fine_grained_*``, and the
+    published scripts', ``fine_grained_published_*``; `tpwng.evaluate.finegrained.
+    protocol_options`) and the video classification accuracy of the anomalous test videos,
+    from the class probabilities of a scores file.
 
     Frame-level class probabilities span the frames each video is evaluated on (its
     ``VideoResult``, i.e. ``evaluate.frames``); the classification uses the snippet
-    probabilities (a video's class: argmax over the anomaly classes of their mean).
+    probabilities (a video's class: argmax over the anomaly classes of their mean). The
+    published mode's annotation ends as written come from ``cuts`` (the manifest's
+    ``annotation_cuts.tsv``); without it, the manifest's intervals stand (said in the protocol
+    line and the log).
     """
     classes, probs = read_class_probs(scores)
     stride = read_stride(scores)
     frame_probs = [frame_class_probabilities(probs[v.video_id], v.n_frames, stride)
                    for v in videos]
-    fine = published_fine_grained_map(frame_probs, class_ground_truth(videos, rows, fmt),
-                                      classes)
+    if cuts is None:
+        log.warning("no annotation-cuts list given: the published fine-grained mAP takes the "
+                    "manifest's intervals, cut ends included")
+        written, ends_from = None, "the manifest (no annotation-cuts list given)"
+    else:
+        written, ends_from = written_intervals(rows, cuts), Path(cuts).name
+    ends_from += " and annotations_multiclasses.txt" if fmt == "xd" else ""
+    maps = fine_grained_maps(frame_probs, {
+        "ours": class_ground_truth(videos, rows, fmt),
+        "published": class_ground_truth(videos, rows, fmt, written)}, classes, fmt)
+    fine, pub = maps["ours"], maps["published"]
     out: dict = {f"fine_grained_mAP@{t:g}": fine[f"mAP@{t:g}"] for t in DEFAULT_IOUS}
     out["fine_grained_mAP_avg"] = fine["mAP_avg"]
     out["fine_grained_class_AP_avg"] = {c: d["AP_avg"] for c, d in fine["per_class"].items()}
     out["fine_grained_empty_classes"] = ", ".join(fine["empty_classes"])
     out["fine_grained_protocol"] = FINE_GRAINED_PROTOCOL
+    out |= {f"fine_grained_published_mAP@{t:g}": pub[f"mAP@{t:g}"] for t in DEFAULT_IOUS}
+    out["fine_grained_published_mAP_avg"] = pub["mAP_avg"]
+    out["fine_grained_published_class_AP_avg"] = {c: d["AP_avg"]
+                                                  for c, d in pub["per_class"].items()}
+    out["fine_grained_published_protocol"] = published_protocol_description(
+        fmt, pub["gt_past_end"], ends_from)
     acc = video_classification_accuracy([probs[v.video_id] for v in videos],
                                         [v.classes for v in videos], classes)
     seen = {c: d for c, d in acc["per_class"].items() if d["n_videos"]}
@@ -166,14 +227,17 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def evaluate(settings: dict, manifest: Path, scores: Path, model: Path, prefix: str) -> dict:
+def evaluate(settings: dict, manifest: Path, scores: Path, model: Path, prefix: str,
+             cuts: Path | None = None) -> dict:
+    """Write ``PREFIX_metrics.{json,tsv}``, ``PREFIX_auc.json``, ``PREFIX_ap.json`` and the
+    score plots; ``cuts`` is the manifest's ``annotation_cuts.tsv`` (`class_metrics`)."""
     convention = settings["evaluate"].get("frames", "video")
     videos = video_results(manifest, scores, convention)
     threshold = float(settings["evaluate"]["threshold"])
     table = metrics_table(videos, threshold=threshold)
     rows = read_manifest(manifest)
     table |= class_metrics(videos, {r.video_id: r for r in rows if r.split == "test"}, scores,
-                           settings["format"])
+                           settings["format"], cuts)
     meta = load_checkpoint(model)["meta"]
     record = {
         "dataset": settings["name"],
@@ -183,6 +247,7 @@ def evaluate(settings: dict, manifest: Path, scores: Path, model: Path, prefix: 
         "clip_weights": meta["clip"]["weights"],
         "random_init_clip": bool(meta["clip"]["random_init"]),
         "clip_model": meta["clip"]["model"],
+        "features_source": store_source(meta["store"]),
         "epochs": meta["epochs"],
         "seed": meta["seed"],
         "tpwng_version": __version__,

@@ -81,6 +81,12 @@ def expected_store_provenance(settings: dict) -> dict:
     return out
 
 
+def store_source(store: dict) -> str:
+    """``extracted`` or ``released``: where the features a checkpoint's ``meta["store"]``
+    describes came from (released features record no sampling or crops)."""
+    return "extracted" if "sample" in store else "released"
+
+
 def recorded_settings(meta: dict) -> dict:
     """The CLIP and extraction settings a checkpoint's ``meta`` records, in config form.
 
@@ -92,7 +98,7 @@ def recorded_settings(meta: dict) -> dict:
     if seed is None:
         m = re.fullmatch(r"random-init:seed=(-?\d+)", str(clip.get("weights", "")))
         seed = int(m[1]) if m else 0
-    extracted = "sample" in store  # stores of released features record no sampling or crops
+    extracted = store_source(store) == "extracted"
     return {
         "clip": {"model": clip["model"], "pretrained": clip["pretrained"], "seed": seed,
                  "quick_gelu": clip.get("quick_gelu", True)},

@@ -2,7 +2,9 @@
 # (models/{dataset}/ablations/{variant}/tpwng.pt), trained, scored and evaluated by the same
 # commands as the main model on the same feature store, with the variant's settings (the
 # dataset's, model overrides merged). A variant whose settings equal the dataset's own reads
-# the main model's metrics; variants with equal settings share the first one's branch.
+# the main model's metrics; variants with equal settings share the first one's branch. With
+# several train.seeds, every row is trained once per seed and the table gives mean ± std and a
+# paired comparison with the main model.
 import re
 
 from tpwng.evaluate import ablations
@@ -42,6 +44,7 @@ use rule infer as infer_variant with:
 use rule evaluate as evaluate_variant with:
     input:
         manifest="data/{dataset}/manifest.tsv",
+        cuts="data/{dataset}/annotation_cuts.tsv",
         scores="results/{dataset}/ablations/{variant}/scores.h5",
         model="models/{dataset}/ablations/{variant}/tpwng.pt",
     output:
@@ -58,15 +61,63 @@ use rule evaluate as evaluate_variant with:
         "logs/{dataset}/ablations/{variant}/evaluate.log",
 
 
+# Each variant over the seeds of train.seeds (its train.seed run is the branch above).
+use rule train as train_variant_seed with:
+    output:
+        model="models/{dataset}/ablations/{variant}/seed-{seed}/tpwng.pt",
+        log="models/{dataset}/ablations/{variant}/seed-{seed}/train_log.tsv",
+    params:
+        settings=lambda w: ablations.settings_json(
+            with_seed(ds(w.dataset), int(w.seed)), w.variant, "train"
+        ),
+    log:
+        "logs/{dataset}/ablations/{variant}/seed-{seed}/train.log",
+
+
+use rule infer as infer_variant_seed with:
+    input:
+        manifest="data/{dataset}/manifest.tsv",
+        features="features/{dataset}/features.h5",
+        shards=feature_inputs,
+        model="models/{dataset}/ablations/{variant}/seed-{seed}/tpwng.pt",
+    output:
+        "results/{dataset}/ablations/{variant}/seed-{seed}/scores.h5",
+    params:
+        settings=lambda w: ablations.settings_json(
+            with_seed(ds(w.dataset), int(w.seed)), w.variant, "infer"
+        ),
+    log:
+        "logs/{dataset}/ablations/{variant}/seed-{seed}/infer.log",
+
+
+use rule evaluate as evaluate_variant_seed with:
+    input:
+        manifest="data/{dataset}/manifest.tsv",
+        cuts="data/{dataset}/annotation_cuts.tsv",
+        scores="results/{dataset}/ablations/{variant}/seed-{seed}/scores.h5",
+        model="models/{dataset}/ablations/{variant}/seed-{seed}/tpwng.pt",
+    output:
+        auc="results/{dataset}/ablations/{variant}/seed-{seed}_auc.json",
+        ap="results/{dataset}/ablations/{variant}/seed-{seed}_ap.json",
+        table="results/{dataset}/ablations/{variant}/seed-{seed}_metrics.tsv",
+        full="results/{dataset}/ablations/{variant}/seed-{seed}_metrics.json",
+        curves="results/{dataset}/ablations/{variant}/seed-{seed}/plots/score_curves.png",
+        roc="results/{dataset}/ablations/{variant}/seed-{seed}/plots/roc_pr.png",
+    params:
+        settings=lambda w: ablations.settings_json(
+            with_seed(ds(w.dataset), int(w.seed)), w.variant, "evaluate"
+        ),
+        prefix=lambda w, output: output.full.removesuffix("_metrics.json"),
+    log:
+        "logs/{dataset}/ablations/{variant}/seed-{seed}/evaluate.log",
+
+
 rule ablation_table:
     """One ablation table: our metric per variant beside the paper's numbers, and its plot."""
     input:
-        # each row's metrics, in row order; the main model's where the settings are its own
-        lambda w: [
-            f"results/{w.dataset}/ablations/{b}_metrics.json" if b else
-            f"results/{w.dataset}_metrics.json"
-            for b in ablations.row_branches(ds(w.dataset), w.table)
-        ],
+        # each row's metrics over the seeds; the main model's where the settings are its own
+        rows=ablation_row_metrics,
+        main=lambda w: [seed_metrics(w.dataset, s) for s in seed_list(ds(w.dataset))],
     output:
         table=report(
             "results/{dataset}/ablations/{table}.tsv",
@@ -84,13 +135,15 @@ rule ablation_table:
         ),
     params:
         settings=settings_of("ablations"),
+        seeds=lambda w: " ".join(str(s) for s in seed_list(ds(w.dataset))),
     log:
         "logs/{dataset}/ablations/{table}.log",
     conda:
         ENV
     shell:
-        "tpwng ablation-table --settings {params.settings:q} --table {wildcards.table} "
-        "--out {output.table} --plot {output.plot} {input} 2> {log}"
+        "tpwng ablation-table --settings {params.settings:q} --table {wildcards.table:q} "
+        "--seeds {params.seeds} --main {input.main:q} --out {output.table:q} "
+        "--plot {output.plot:q} {input.rows:q} 2> {log:q}"
 
 
 rule ablation_summary:
@@ -112,8 +165,8 @@ rule ablation_summary:
     conda:
         ENV
     shell:
-        "python -m tpwng.evaluate.ablations summary --out {output} --baselines {input.baselines} "
-        "{input.tables} 2> {log}"
+        "tpwng ablation-summary --out {output:q} --baselines {input.baselines:q} "
+        "{input.tables:q} 2> {log:q}"
 
 
 rule ablations:

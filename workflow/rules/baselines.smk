@@ -27,5 +27,5 @@ rule baselines:
     conda:
         ENV
     shell:
-        "tpwng baselines --settings {params.settings:q} --manifest {input.manifest} "
-        "--features {input.features} --scores {input.scores} --out {output} 2> {log}"
+        "tpwng baselines --settings {params.settings:q} --manifest {input.manifest:q} "
+        "--features {input.features:q} --scores {input.scores:q} --out {output:q} 2> {log:q}"

@@ -13,8 +13,8 @@ rule synthesize:
     conda:
         ENV
     shell:
-        "tpwng synth --settings {params.settings:q} --out data/{wildcards.dataset}/raw "
-        "--jobs {threads} 2> {log}"
+        "tpwng synth --settings {params.settings:q} --out data/{wildcards.dataset:q}/raw "
+        "--jobs {threads} 2> {log:q}"
 
 
 rule manifest:
@@ -37,5 +37,5 @@ rule manifest:
     conda:
         ENV
     shell:
-        "tpwng manifest --settings {params.settings:q} --out {output.manifest} "
-        "--skipped {output.skipped} --cuts {output.cuts} 2> {log}"
+        "tpwng manifest --settings {params.settings:q} --out {output.manifest:q} "
+        "--skipped {output.skipped:q} --cuts {output.cuts:q} 2> {log:q}"

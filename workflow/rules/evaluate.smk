@@ -18,15 +18,16 @@ rule infer:
     conda:
         ENV
     shell:
-        "tpwng infer --settings {params.settings:q} --manifest {input.manifest} "
-        "--features {input.features} --model {input.model} --out {output} --threads {threads} "
-        "2> {log}"
+        "tpwng infer --settings {params.settings:q} --manifest {input.manifest:q} "
+        "--features {input.features:q} --model {input.model:q} --out {output:q} --threads {threads} "
+        "2> {log:q}"
 
 
 rule evaluate:
     """Metric tables (frame AUC/AP and more) and the score plots."""
     input:
         manifest="data/{dataset}/manifest.tsv",
+        cuts="data/{dataset}/annotation_cuts.tsv",
         scores="results/{dataset}/scores.h5",
         model="models/{dataset}/tpwng.pt",
     output:
@@ -59,8 +60,9 @@ rule evaluate:
     conda:
         ENV
     shell:
-        "tpwng evaluate --settings {params.settings:q} --manifest {input.manifest} "
-        "--scores {input.scores} --model {input.model} --out-prefix {params.prefix} 2> {log}"
+        "tpwng evaluate --settings {params.settings:q} --manifest {input.manifest:q} "
+        "--scores {input.scores:q} --model {input.model:q} --out-prefix {params.prefix:q} "
+        "--annotation-cuts {input.cuts:q} 2> {log:q}"
 
 
 rule diagnostics:
@@ -98,6 +100,6 @@ rule diagnostics:
     conda:
         ENV
     shell:
-        "tpwng diagnostics --settings {params.settings:q} --manifest {input.manifest} "
-        "--features {input.features} --model {input.model} --train-log {input.log} "
-        "--out-dir results/{wildcards.dataset}/plots 2> {log}"
+        "tpwng diagnostics --settings {params.settings:q} --manifest {input.manifest:q} "
+        "--features {input.features:q} --model {input.model:q} --train-log {input.log:q} "
+        "--out-dir results/{wildcards.dataset:q}/plots 2> {log:q}"

@@ -12,14 +12,15 @@ rule extract_shard:
     threads: lambda w: int(ds(w.dataset)["extraction"]["threads"])
     resources:
         gpu=extraction_gpus,
+        gpu_share=extraction_gpu_share,
         mem_mb=16000,
         runtime=240,
     conda:
         ENV
     shell:
-        "tpwng extract --settings {params.settings:q} --manifest {input} "
-        "--shard {wildcards.shard} --shards {wildcards.nshards} --threads {threads} "
-        "--gpus {resources.gpu} --out {output} 2> {log}"
+        "tpwng extract --settings {params.settings:q} --manifest {input:q} "
+        "--shard {wildcards.shard:q} --shards {wildcards.nshards:q} --threads {threads} "
+        "--gpus {resources.gpu} --out {output:q} 2> {log:q}"
 
 
 rule import_released:
@@ -35,8 +36,8 @@ rule import_released:
     conda:
         ENV
     shell:
-        "tpwng import-features --settings {params.settings:q} --manifest {input} "
-        "--out {output} 2> {log}"
+        "tpwng import-features --settings {params.settings:q} --manifest {input:q} "
+        "--out {output:q} 2> {log:q}"
 
 
 rule feature_view:
@@ -50,4 +51,4 @@ rule feature_view:
     conda:
         ENV
     shell:
-        "tpwng merge --out {output} {input} 2> {log}"
+        "tpwng merge --out {output:q} {input:q} 2> {log:q}"

@@ -19,12 +19,12 @@ rule train:
         "logs/{dataset}/train.log",
     threads: lambda w: int(ds(w.dataset)["train"]["threads"])
     resources:
-        gpu=1,
+        gpu_share=gpu_share,
         mem_mb=16000,
         runtime=120,
     conda:
         ENV
     shell:
-        "tpwng train --settings {params.settings:q} --manifest {input.manifest} "
-        "--features {input.features} --out {output.model} --log {output.log} "
-        "--threads {threads} 2> {log}"
+        "tpwng train --settings {params.settings:q} --manifest {input.manifest:q} "
+        "--features {input.features:q} --out {output.model:q} --log {output.log:q} "
+        "--threads {threads} 2> {log:q}"

@@ -25,5 +25,5 @@ rule viewer:
     conda:
         ENV
     shell:
-        "tpwng view --settings {params.settings:q} --manifest {input.manifest} "
-        "--scores {input.scores} --out results/{wildcards.dataset}/viewer 2> {log}"
+        "tpwng view --settings {params.settings:q} --manifest {input.manifest:q} "
+        "--scores {input.scores:q} --out results/{wildcards.dataset:q}/viewer 2> {log:q}"
