@@ -396,7 +396,7 @@ def test_manifest_round_trip(tmp_path: Path, xd_root: Path) -> None:
     (lambda h, r: (h.replace("\tfps", ""), r), "missing manifest column"),
     (lambda h, r: (h, r.rsplit("\t", 1)[0]), "expected 11 columns"),
     (lambda h, r: (h, r.replace("\tdecord", "\tffmpeg")), "decoder must be one of"),
-    (lambda h, r: (h, r.replace("\t25.0\t", "\tfast\t")), "must be numbers"),
+    (lambda h, r: (h, r.replace("\t25.0\t", "\tfast\t")), "fps must be a number, got 'fast'"),
     (lambda h, r: (h, r.replace("\ttest\t", "\tval\t")), "split must be"),
     (lambda h, r: (h, r.replace("\tanomalous\t", "\tnormal\t")), "contradicts"),
     (lambda h, r: (h, r.replace("10-20", "20-10")), "bad interval"),
