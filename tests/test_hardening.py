@@ -591,7 +591,7 @@ def test_case2_json_lines_are_whole_or_absent(tmp_path, monkeypatch):
 
     path = tmp_path / "cam_live.jsonl"
     path.write_bytes(b'{"a": 1}\n{"b": 2, "cut')
-    lines = live._Lines(path)
+    lines = live.JsonLines(path)
     lines.write('{"c": 3}')
     assert path.read_bytes() == b'{"a": 1}\n{"c": 3}\n'
     real = os.write

@@ -257,6 +257,17 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def cmd_serve(a: argparse.Namespace) -> None:
+    """`tpwng serve SOURCES.yaml --model M`: many live sources, one scorer (tpwng.serve)."""
+    from tpwng.serve import ServeConfigError, run_service
+
+    try:
+        run_service(Path(a.sources), Path(a.model), Path(a.out), a.device, a.port, a.bind,
+                    notify=lambda m: print(f"tpwng serve: {m}", file=sys.stderr, flush=True))
+    except ServeConfigError as exc:
+        raise UserError(str(exc)) from None
+
+
 def cmd_view(a: argparse.Namespace) -> None:
     from tpwng.evaluate import viewer
 
@@ -339,6 +350,12 @@ def cmd_bench(a: argparse.Namespace) -> None:
     if a.what == "gpu":
         _bench_gpu(a, spec, host)
         return
+    if a.what == "serve":
+        from tpwng.bench_serve import bench_serve
+
+        bench_serve(spec, a.sources or [1, 2, 4, 6, 8, 12, 16], a.seconds,
+                    Path(a.workdir or "benchmarks"), Path(a.out or f"benchmarks/serve-{host}.json"))
+        return
     a.workdir = a.workdir or "benchmarks"
     batch_size = 256 if a.batch_size is None else a.batch_size
     workers = 2 if a.workers is None else a.workers
@@ -376,6 +393,10 @@ extract  decode-only, encoder-only and end-to-end extraction rates, and the peer
 train    seconds per training epoch on a UCF-sized set of random features
 memory   peak memory of extracting a one-minute and a one-hour video
 live     per-snippet latency of live scoring
+serve    tpwng serve with K loopback ffmpeg sources (1280x720 at 25 fps) for --seconds each
+         (default 30), K from --sources (default 1 2 4 6 8 12 16) until one fails: p50 / p95 /
+         max latency, drops, decoding against real time, CPU use; the largest K that holds
+         p95 < 1 s with no drops
 bootstrap
          the reproduction table's bootstrap (1,000 resamples of the test videos) on UCF-Crime's
          290 test videos at the release's snippet counts (VIDEOS: another lengths TSV)
@@ -522,11 +543,22 @@ def build_parser() -> argparse.ArgumentParser:
         ("--port", {"type": _port, "default": 8000,
                     "help": "with --serve (default 8000; 0: any free port)"}),
         ("--bind", {"default": "127.0.0.1", "help": "with --serve (default 127.0.0.1)"}))
+    add("serve", cmd_serve, "score many live sources in one process: alerts, a live page, "
+        "/metrics",
+        ("sources", {"metavar": "SOURCES.yaml",
+                     "help": "the sources, alert receivers and settings (README: Many cameras)"}),
+        ("--model", {"required": True, "help": "a trained checkpoint (causal TCSAL)"}),
+        ("--out", {"default": "serve", "help": "output folder (default: serve)"}),
+        ("--device", {"default": "auto", "help": "auto, cpu, cuda, cuda:1, ..."}),
+        ("--port", {"type": _port, "help": "HTTP port (default: the file's http.port, else "
+                                           "8080; 0: any free one)"}),
+        ("--bind", {"help": "HTTP address (default: the file's http.bind, else 127.0.0.1)"}))
     b = sub.add_parser("bench", help="benchmarks: extraction rates, training speed, live "
                                      "scoring latency, a GPU box in one run",
                        description="Benchmarks that print figures and write them as JSON.",
                        epilog=BENCH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    b.add_argument("what", choices=["extract", "train", "memory", "live", "gpu", "bootstrap"])
+    b.add_argument("what", choices=["extract", "train", "memory", "live", "gpu", "bootstrap",
+                                          "serve"])
     b.add_argument("videos", nargs="*", help="videos or folders (default: a generated set)")
     b.add_argument("--model", default="ViT-B-16",
                    help="CLIP model (default ViT-B-16; tpwng-tiny-ViT-B-16: a tiny one)")
@@ -545,6 +577,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--epochs", type=int, help="training epochs (default 2; gpu: 50)")
     b.add_argument("--train-batch", type=int, help="training batch per group (default 32)")
     b.add_argument("--steps", type=int, help="train: time this many steps, extrapolate the epoch")
+    b.add_argument("--sources", type=int, nargs="+", metavar="K",
+                   help="serve: the numbers of sources to try, in order")
+    b.add_argument("--seconds", type=float, default=30.0, help="serve: seconds per K")
     b.add_argument("--quick", action="store_true",
                    help="gpu: tiny sizes, on any device (a CPU included)")
     b.add_argument("--out", help="JSON to write (default benchmarks/<what>-<host>...json)")

@@ -126,7 +126,7 @@ def source_stem(source: str) -> str:
     return stem[:100] or "stream"
 
 
-def _reason(exc: BaseException, timeout: float) -> str:
+def failure_reason(exc: BaseException, timeout: float) -> str:
     """What went wrong, in words, from a PyAV (FFmpeg) error."""
     import av
 
@@ -150,7 +150,7 @@ def _reason(exc: BaseException, timeout: float) -> str:
 
 
 @contextmanager
-def _ffmpeg_errors() -> Iterator[None]:
+def ffmpeg_errors() -> Iterator[None]:
     """FFmpeg's own error message attached to PyAV errors raised within (e.g. a failed host
     lookup) while nothing of it is printed."""
     import av.logging
@@ -193,8 +193,9 @@ class _Reader(threading.Thread):
         except LiveError as exc:
             self._put(("error", exc))
         except Exception as exc:  # noqa: BLE001 - reported by the scoring thread
+            reason = failure_reason(exc, self.options.timeout)
             self._put(("error", LiveError(f"{self.label}: reading failed after frame "
-                                          f"{self.frames} ({_reason(exc, self.options.timeout)})")))
+                                          f"{self.frames} ({reason})")))
 
     def _put(self, item: tuple) -> None:
         while not self.stop.is_set():
@@ -210,7 +211,7 @@ class _Reader(threading.Thread):
         kwargs: dict[str, Any] = {"timeout": (timeout, self.options.timeout)}
         if DEVICE.fullmatch(self.source):
             kwargs["format"] = "v4l2"
-        with _ffmpeg_errors():
+        with ffmpeg_errors():
             container = av.open(ffmpeg_url(self.source), **kwargs)
         if not container.streams.video:
             kinds = sorted({s.type for s in container.streams}) or ["none"]
@@ -225,7 +226,7 @@ class _Reader(threading.Thread):
             container = self._open(self.options.timeout)
         except av.error.FFmpegError as exc:
             raise LiveError(f"{self.label}: cannot open: "
-                            f"{_reason(exc, self.options.timeout)}") from None
+                            f"{failure_reason(exc, self.options.timeout)}") from None
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         fps = float(rate) if rate else 0.0
@@ -269,7 +270,7 @@ class _Reader(threading.Thread):
             try:
                 return self._open(max(0.1, deadline - time.monotonic()))
             except av.error.FFmpegError as exc:
-                last = _reason(exc, self.options.timeout)
+                last = failure_reason(exc, self.options.timeout)
             if time.monotonic() + RETRY_EVERY > deadline:
                 raise LiveError(f"{self.label}: {why} after frame {self.frames} and it could "
                                 f"not be reopened within {self.options.timeout:g} s ({last})")
@@ -295,14 +296,14 @@ class _Reader(threading.Thread):
                 self.frames += 1
                 got += 1
         except (av.error.FFmpegError, OSError) as exc:
-            return got, _reason(exc, self.options.timeout)
+            return got, failure_reason(exc, self.options.timeout)
         return got, None
 
 
 # --------------------------------------------------------------------------- scoring
 
 
-def _now() -> str:
+def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
@@ -347,7 +348,7 @@ def _caught_signals() -> Iterator[list[str]]:
             signal.signal(s, h)
 
 
-class _Lines:
+class JsonLines:
     """The JSON-lines file: whole lines only. A line is written in full or not at all: a write
     that fails (a full disk, a size limit, any OSError) is cut back to the last whole line, and
     the file takes no more lines; `failed` keeps the error."""
@@ -414,7 +415,7 @@ class _Session:
         ex = scorer.extraction
         self.scorer, self.live, self.jsonl, self.emit = scorer, live, jsonl, emit
         self.redact = redact
-        self.log = _Lines(jsonl)  # opened with the first line
+        self.log = JsonLines(jsonl)  # opened with the first line
         self.emitted = 0  # lines ``emit`` took
         self.emit_failed: OSError | None = None  # standard output full or closed
         self.stride, self.sample = ex.stride, ex.sample
@@ -475,7 +476,7 @@ class _Session:
             best = 1 + int(np.argmax(probs[1:]))
             record |= {"class": s.classes[best], "class_probability": float(probs[best])}
             self.probs.append(probs)
-        record |= {"latency_s": time.monotonic() - self.last_arrival, "wall_time": _now()}
+        record |= {"latency_s": time.monotonic() - self.last_arrival, "wall_time": utc_now()}
         self.scores.append(score)
         self.pending.clear()
         self.count = 0
@@ -510,7 +511,7 @@ class _Session:
             best = int(np.argmax(within))
             record |= {"class": self.scorer.classes[best + 1],
                        "class_probability": float(within[best])}
-        self.line(record | {"wall_time": _now()})
+        self.line(record | {"wall_time": utc_now()})
         self.alert = None
 
     def finish(self, ended_by: str) -> None:
@@ -519,7 +520,7 @@ class _Session:
         if self.alert is not None:
             self.close_alert(len(self.scores), self.frames / self.fps, ended_by)
         self.line({"event": "end", "ended_by": ended_by, "frames": self.frames,
-                   "snippets": len(self.scores), "wall_time": _now()})
+                   "snippets": len(self.scores), "wall_time": utc_now()})
 
     def result(self, source: str, stem: str, options: ScoreOptions) -> VideoScores:
         info = VideoInfo(frames=self.frames, fps=self.fps, width=self.size[0],
@@ -654,12 +655,12 @@ def _follow(reader: _Reader, session: _Session, caught: list[str], name: str,
             session.line({"event": "start", "source": name, "fps": value, "stride": stride,
                           "model": str(session.scorer.path),
                           "alert_threshold": session.live.alert_threshold,
-                          "wall_time": _now()})
+                          "wall_time": utc_now()})
             notify(f"{name}: live at {value:g} fps, a snippet every {stride / value:.2f} s; "
                    f"lines also in {session.jsonl}")
         elif kind == "note":
             notify(value[0])
-            session.line(value[1] | {"wall_time": _now()})
+            session.line(value[1] | {"wall_time": utc_now()})
         elif kind == "end":
             return "end of stream", None
         else:

@@ -233,11 +233,11 @@ def plot_reproduction(result: dict, path: Path) -> None:
         ax.scatter(np.zeros(len(seeds)), seeds, color="#d62728", zorder=3,
                    label=f"seeds ({len(seeds)})")
         if not math.isnan(std):
-            ax.errorbar([0.25], [mean], yerr=[std], fmt="s", color="#7f7f7f", capsize=5,
+            ax.errorbar([1], [mean], yerr=[std], fmt="s", color="#7f7f7f", capsize=5,
                         label="mean ± std over seeds")
         else:
-            ax.plot([0.25], [mean], "s", color="#7f7f7f", label="mean (one seed)")
-        ax.errorbar([0.5], [sm["value"]], yerr=[[sm["value"] - sm["low"]],
+            ax.plot([1], [mean], "s", color="#7f7f7f", label="mean (one seed)")
+        ax.errorbar([2], [sm["value"]], yerr=[[sm["value"] - sm["low"]],
                                                 [sm["high"] - sm["value"]]],
                     fmt="D", color="#1f77b4", capsize=5,
                     label=f"seed-mean scores, {100 * result['bootstrap']['level']:g} % interval")
@@ -247,8 +247,11 @@ def plot_reproduction(result: dict, path: Path) -> None:
             ax.axhline(r["value"], color=colours.get(r["kind"], "k"), linestyle=style,
                        linewidth=1.5 if r["method"] == "TPWNG" else 0.8,
                        label=f"{r['method']} {r['kind']} {r['value']:.2f}", zorder=1 - i * 0.01)
-        ax.set_xticks([0, 0.25, 0.5], ["seeds", "mean ± std", "seed-mean"])
-        ax.set_xlim(-0.3, 0.8)
+        if not result["reported"]:
+            ax.text(0.02, 0.02, "no published numbers for this dataset", fontsize=7,
+                    transform=ax.transAxes, color="#555555")
+        ax.set_xticks([0, 1, 2], ["seeds", "mean ± std", "seed-mean scores"])
+        ax.set_xlim(-0.6, 2.6)
         ax.set_ylabel(f"{LABELS[metric]} (%)")
         ax.set_title(f"{result['dataset']}: reproduction over seeds {result['seeds']}",
                      fontsize=10)
