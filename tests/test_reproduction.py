@@ -95,14 +95,6 @@ def test_top_level_sections_reach_datasets_that_have_their_own():
     assert "weight_decay" not in cfg["datasets"]["synthetic"]["train"]
 
 
-@pytest.mark.parametrize("name", ["a`touch PWNED`b", "a b", "../x", "a;b", "$(id)", ""])
-def test_dataset_names_are_restricted_by_the_schema(name):
-    cfg = _config()
-    cfg["datasets"][name] = cfg["datasets"].pop("synthetic")
-    with pytest.raises(ConfigError, match="invalid config at datasets"):
-        validate(cfg)
-
-
 # --------------------------------------------------------------------------- bootstrap
 
 
@@ -404,4 +396,5 @@ def test_reproduction_cli_refuses_bad_seeds(tmp_path):
     out = subprocess.run(base + ["--seeds", "1", "2"], capture_output=True, text=True)
     assert out.returncode == 2 and "2 seeds [1, 2] but 1 scores files" in out.stderr
     assert "Traceback" not in out.stderr and not list(tmp_path.iterdir())
+
 

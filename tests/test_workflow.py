@@ -10,6 +10,7 @@ import yaml
 
 from tests.conftest import REPO
 from tests.dag import job_counts, snakemake, tiny_config
+from tpwng.config import ConfigError, validate
 
 UCF_LISTS = REPO / "tpwng" / "resources" / "ucf_crime"
 
@@ -211,3 +212,50 @@ def test_a_deleted_shard_is_reextracted_by_the_next_run(tiny_local_run, tmp_path
         == 0.45
     again = snakemake("-n", "--cores", "2", cwd=d, config=config)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+# --------------------------------------------------------------------------- case 4 of the
+# security review: a dataset name from a config file must not reach a shell
+
+
+@pytest.mark.parametrize("name", ["a`touch PWNED`b", "a b", "../x", "a;b", "$(id)", ""])
+def test_dataset_names_are_restricted_by_the_schema(name):
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["datasets"][name] = cfg["datasets"].pop("synthetic")
+    with pytest.raises(ConfigError, match="invalid config at datasets"):
+        validate(cfg)
+
+
+def test_a_hostile_dataset_name_runs_no_command(tmp_path):
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["datasets"]["a`touch PWNED`b"] = cfg["datasets"].pop("synthetic")
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = snakemake("--cores", "1", "results/a`touch PWNED`b_auc.json", cwd=tmp_path,
+                    config=path)
+    assert out.returncode != 0
+    assert "does not match" in out.stdout + out.stderr
+    assert not (tmp_path / "PWNED").exists() and not (REPO / "PWNED").exists()
+
+
+def test_every_shell_command_quotes_its_paths_and_wildcards():
+    """Case 4 of the security review: `{input}`, `{output}`, `{log}`, `{wildcards.*}` and
+    path params reach `shell:` quoted (`:q`), in every rule file."""
+    import re
+
+    unquoted = re.compile(r"\{(input|output|log|wildcards|params\.prefix)(\.\w+)?\}")
+    found = []
+    for smk in sorted((REPO / "workflow" / "rules").glob("*.smk")):
+        in_shell = False
+        for number, line in enumerate(smk.read_text().splitlines(), 1):
+            stripped = line.strip()
+            if stripped.startswith("shell:"):
+                in_shell = True
+                continue
+            if in_shell and not stripped.startswith('"'):
+                in_shell = False
+            if in_shell and unquoted.search(stripped):
+                found.append(f"{smk.name}:{number}: {stripped}")
+    assert found == []
+    # and the check sees an unquoted one
+    assert unquoted.search('"tpwng x --out {output} 2> {log}"')
