@@ -1,4 +1,4 @@
-"""Hardening (issue 23): hostile names, URLs, files and full disks, tried as an attacker and as
+"""Hardening: hostile names, URLs, files and full disks, tried as an attacker and as
 a careless user would. Each case must end in one clear error naming the file or value, or be
 served / linked / written safely; nothing may print a credential or run a page's script.
 
