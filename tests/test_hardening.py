@@ -28,7 +28,6 @@ import torch
 
 from tests import faults
 from tests.test_score_video import _train
-from tpwng.bench import free_port
 from tpwng.cli import main
 from tpwng.data.datasets import (
     DatasetError,
@@ -44,6 +43,7 @@ from tpwng.evaluate.live import display_source, ffmpeg_url, is_live_source, sour
 from tpwng.evaluate.viewer import href, make_server
 from tpwng.features.released import import_released, load_npy, npy_header, released_probe
 from tpwng.features.store import StoreError
+from tpwng.loopback import free_port
 from tpwng.redact import redact_text, redact_url
 
 REPO = Path(__file__).resolve().parent.parent

@@ -292,140 +292,6 @@ def cmd_view(a: argparse.Namespace) -> None:
     print(page)
 
 
-def _bench_videos(a: argparse.Namespace) -> list[Path]:
-    if a.videos:
-        found = []
-        for v in a.videos:
-            p = Path(v)
-            found += sorted(q for q in p.rglob("*") if q.suffix.lower() in (".mp4", ".avi",
-                            ".mkv", ".mov")) if p.is_dir() else [p]
-        return found
-    from tpwng.data.synthetic import SyntheticSpec, generate
-
-    root = Path(a.workdir) / "bench-videos"
-    if not (root / "test.txt").exists():
-        generate(root, SyntheticSpec(train_normal=a.generate, train_per_class=1, test_normal=1,
-                                     test_per_class=1, width=320, height=240,
-                                     min_frames=a.frames, max_frames=a.frames), jobs=2)
-    return sorted((root / "videos").rglob("*.mp4"))
-
-
-def _bench_gpu(a: argparse.Namespace, spec, host: str) -> None:
-    """`tpwng bench gpu`: the GPU box's figures and targets in one run."""
-    import dataclasses
-
-    from tpwng.bench import QUICK_SIZES, GpuBenchSizes, bench_gpu
-    from tpwng.device import resolve_device
-
-    if not a.quick and resolve_device("auto").type != "cuda":
-        raise UserError("no usable CUDA device here: the full run measures a GPU box; "
-                        "--quick runs every phase at tiny sizes on this machine")
-    sizes = QUICK_SIZES if a.quick else GpuBenchSizes()
-    if a.batch_size is not None:
-        sizes = dataclasses.replace(sizes, batch_size=a.batch_size)
-    bench_gpu(Path(a.workdir or "benchmarks/.gpu-work"),
-              Path(a.out or f"benchmarks/gpu-{host}.json"), spec, sizes,
-              decode_workers="auto" if a.workers is None else a.workers,
-              train_videos=a.n_videos, train_epochs=a.epochs, train_batch=a.train_batch)
-
-
-def cmd_bench(a: argparse.Namespace) -> None:
-    import socket
-
-    from tpwng.bench import bench_extract, bench_train
-    from tpwng.features.clip_backbone import ClipSpec
-    from tpwng.features.extract import ExtractionSettings
-
-    spec = ClipSpec(a.model, a.pretrained, 0)
-    host = socket.gethostname()
-    if a.what == "bootstrap":
-        from tpwng.bench_bootstrap import bench_bootstrap
-
-        lengths = Path(a.videos[0]) if a.videos else UCF_TEST_LENGTHS
-        if not lengths.is_file():
-            raise UserError(f"{lengths}: no such lengths file (give a TSV of video and "
-                            "snippets, e.g. tests/data/feature_lengths/ucf_test_snippets.tsv)")
-        bench_bootstrap(lengths, Path(a.out or f"benchmarks/bootstrap-{host}.json"))
-        return
-    if a.what == "gpu":
-        _bench_gpu(a, spec, host)
-        return
-    if a.what == "serve":
-        from tpwng.bench_serve import bench_serve
-
-        bench_serve(spec, a.sources or [1, 2, 4, 6, 8, 12, 16], a.seconds,
-                    Path(a.workdir or "benchmarks"), Path(a.out or f"benchmarks/serve-{host}.json"))
-        return
-    a.workdir = a.workdir or "benchmarks"
-    batch_size = 256 if a.batch_size is None else a.batch_size
-    workers = 2 if a.workers is None else a.workers
-    if a.what == "extract":
-        settings = ExtractionSettings(batch_size=batch_size, decode_workers=workers,
-                                      crop_mode=a.crop_mode, precision=a.precision)
-        out = Path(a.out or f"benchmarks/extract-{host}-{a.crop_mode}.json")
-        bench_extract(_bench_videos(a), spec, settings, out, baseline=not a.no_baseline)
-    elif a.what == "memory":
-        from tpwng.bench import bench_memory
-
-        settings = ExtractionSettings(batch_size=batch_size, decode_workers=workers)
-        out = Path(a.out or f"benchmarks/memory-{host}.json")
-        bench_memory(Path(a.workdir) / "bench-videos", settings, out)
-    elif a.what == "live":
-        from tpwng.bench import bench_live, long_video
-
-        video = (Path(a.videos[0]) if a.videos else
-                 long_video(Path(a.workdir) / f"live-{a.frames}f-1280x720.mp4",
-                            max(1, a.frames // 25), 25.0, 1280, 720))
-        out = Path(a.out or f"benchmarks/live-{host}.json")
-        bench_live(video, [ClipSpec("tpwng-tiny-ViT-B-16", "none", 0), spec], out)
-    else:
-        from tpwng.heap import keep_freed_memory
-
-        keep_freed_memory()  # as `tpwng train`
-        out = Path(a.out or f"benchmarks/train-{host}.json")
-        bench_train(a.n_videos or 1610, spec, a.epochs or 2, a.train_batch or 32, out=out,
-                    max_steps=a.steps)
-
-
-BENCH_HELP = """\
-extract  decode-only, encoder-only and end-to-end extraction rates, and the peer-style
-         baseline, on given videos or a generated set (WORKDIR/bench-videos)
-train    seconds per training epoch on a UCF-sized set of random features
-memory   peak memory of extracting a one-minute and a one-hour video
-live     per-snippet latency of live scoring
-serve    tpwng serve with K loopback ffmpeg sources (1280x720 at 25 fps) for --seconds each
-         (default 30), K from --sources (default 1 2 4 6 8 12 16) until one fails: p50 / p95 /
-         max latency, drops, decoding against real time, CPU use; the largest K that holds
-         p95 < 1 s with no drops
-bootstrap
-         the reproduction table's bootstrap (1,000 resamples of the test videos) on UCF-Crime's
-         290 test videos at the release's snippet counts (VIDEOS: another lengths TSV)
-gpu      one run of at most 9 minutes on a GPU box (16 cores, one H100/H200) that measures,
-         on generated 320x240 H.264 videos (16 distinct, repeated to ~200k frames; written
-         once in parallel, kept in WORKDIR, default benchmarks/.gpu-work): the decode-only
-         rate with 1 and with all decoding processes and in one 1-thread decoding process
-         (video frames/s, stride 16), the encoder-only rate of ViT-B/16 at random init in bf16
-         (images/s; and with bf16 weights at batch 1024), extraction end to end with centre
-         crops and with 10 crops, the peer-style baseline, 50 epochs of training on 1,610
-         UCF-sized videos of 10 crops (epoch_over crops: 252 steps; epochs past a 120 s budget
-         are extrapolated from the median one, and the JSON says so), and 5 seeds' training
-         processes one after another and all at once; beside them the targets, with pass or
-         fail: centre crop >= 0.85 x the all-process decode rate and >= 0.85 x the 1-thread
-         rate x the decoding processes, 10-crop crops/s >= 0.85 x the encoder rate and >= 0.95
-         x the bf16-weights rate, >= 15 x the peer-style baseline, 50 epochs <= 240 s, five
-         seeds <= 600 s. Prints the table;
-         writes benchmarks/gpu-<host>.json (--out). Without CUDA it refuses, unless --quick:
-         every phase at tiny sizes on any machine (with --model tpwng-tiny-ViT-B-16: well
-         under a minute on 2 CPU cores). --workers, --batch-size, --n-videos, --epochs and
-         --train-batch override its sizes
-"""
-
-
-# UCF-Crime's test videos at the public release's snippet counts (in a checkout)
-UCF_TEST_LENGTHS = Path(__file__).resolve().parent.parent / "tests" / "data" / "feature_lengths" / \
-    "ucf_test_snippets.tsv"
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tpwng", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -553,37 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("--port", {"type": _port, "help": "HTTP port (default: the file's http.port, else "
                                            "8080; 0: any free one)"}),
         ("--bind", {"help": "HTTP address (default: the file's http.bind, else 127.0.0.1)"}))
-    b = sub.add_parser("bench", help="benchmarks: extraction rates, training speed, live "
-                                     "scoring latency, a GPU box in one run",
-                       description="Benchmarks that print figures and write them as JSON.",
-                       epilog=BENCH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    b.add_argument("what", choices=["extract", "train", "memory", "live", "gpu", "bootstrap",
-                                          "serve"])
-    b.add_argument("videos", nargs="*", help="videos or folders (default: a generated set)")
-    b.add_argument("--model", default="ViT-B-16",
-                   help="CLIP model (default ViT-B-16; tpwng-tiny-ViT-B-16: a tiny one)")
-    b.add_argument("--pretrained", default="none", help="none: random weights (speed only)")
-    b.add_argument("--batch-size", type=int, help="encoder batch in images (default 256)")
-    b.add_argument("--workers", type=int,
-                   help="decoding processes (default 2; gpu: the CPUs less one)")
-    b.add_argument("--crop-mode", default="center", choices=["center", "tencrop"])
-    b.add_argument("--precision", default="auto")
-    b.add_argument("--generate", type=int, default=8, help="generated videos when none given")
-    b.add_argument("--frames", type=int, default=1500, help="frames per generated video")
-    b.add_argument("--workdir", help="work folder: generated videos (default benchmarks; gpu: "
-                                     "benchmarks/.gpu-work)")
-    b.add_argument("--no-baseline", action="store_true")
-    b.add_argument("--n-videos", type=int, help="training videos (default 1610)")
-    b.add_argument("--epochs", type=int, help="training epochs (default 2; gpu: 50)")
-    b.add_argument("--train-batch", type=int, help="training batch per group (default 32)")
-    b.add_argument("--steps", type=int, help="train: time this many steps, extrapolate the epoch")
-    b.add_argument("--sources", type=int, nargs="+", metavar="K",
-                   help="serve: the numbers of sources to try, in order")
-    b.add_argument("--seconds", type=float, default=30.0, help="serve: seconds per K")
-    b.add_argument("--quick", action="store_true",
-                   help="gpu: tiny sizes, on any device (a CPU included)")
-    b.add_argument("--out", help="JSON to write (default benchmarks/<what>-<host>...json)")
-    b.set_defaults(func=cmd_bench)
+    from tpwng.bench import add_bench_parser
+
+    add_bench_parser(sub)
     return p
 
 
@@ -592,7 +430,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     alone would refuse ``bench extract --model trivial a.mp4``)."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.func is cmd_bench and not any(e.startswith("-") for e in extra):
+    if (extra and args.command == "bench" and hasattr(args, "videos")
+            and not any(e.startswith("-") for e in extra)):
         args.videos = [*args.videos, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

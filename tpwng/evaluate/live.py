@@ -29,7 +29,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -303,6 +303,30 @@ class _Reader(threading.Thread):
 # --------------------------------------------------------------------------- scoring
 
 
+def alert_start(snip: dict, threshold: float) -> dict:
+    """The record that opens an alert at a scored snippet's line ``snip``."""
+    return {"event": "alert_start", "snippet": snip["snippet"], "time_s": snip["time_s"],
+            "score": snip["score"], "threshold": threshold}
+
+
+def alert_end(start: dict, end_snippet: int, end_s: float, scores: Sequence[float],
+              probs: Sequence[np.ndarray], classes: Sequence[str], ended_by: str) -> dict:
+    """The record that closes the alert ``start`` (``end_snippet``: the first snippet after
+    it): its duration, highest score and, with class probabilities, the most likely anomaly
+    class over its snippets. Unscored (NaN) snippets are passed over."""
+    run = slice(start["snippet"], end_snippet)
+    record = {"event": "alert_end", "snippet": end_snippet, "time_s": end_s,
+              "start_snippet": start["snippet"], "start_time_s": start["time_s"],
+              "duration_s": end_s - start["time_s"],
+              "max_score": float(np.nanmax(scores[run])), "threshold": start["threshold"],
+              "ended_by": ended_by}
+    if probs:
+        within = np.nanmean(np.stack(probs[run]), axis=0)[1:]
+        best = int(np.argmax(within))
+        record |= {"class": classes[best + 1], "class_probability": float(within[best])}
+    return record
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -488,9 +512,7 @@ class _Session:
         if x is None:
             return
         if self.alert is None and snip["score"] >= x:
-            self.alert = {"event": "alert_start", "snippet": snip["snippet"],
-                          "time_s": snip["time_s"], "score": snip["score"], "threshold": x,
-                          "wall_time": snip["wall_time"]}
+            self.alert = alert_start(snip, x) | {"wall_time": snip["wall_time"]}
             self.line(self.alert)
         elif self.alert is not None and snip["score"] < x:
             self.close_alert(snip["snippet"], snip["time_s"])
@@ -500,17 +522,8 @@ class _Session:
         start = self.alert
         if start is None:
             return
-        run = slice(start["snippet"], end_snippet)
-        record = {"event": "alert_end", "snippet": end_snippet, "time_s": end_s,
-                  "start_snippet": start["snippet"], "start_time_s": start["time_s"],
-                  "duration_s": end_s - start["time_s"],
-                  "max_score": max(self.scores[run]), "threshold": start["threshold"],
-                  "ended_by": ended_by}
-        if self.probs:
-            within = np.mean(self.probs[run], axis=0)[1:]
-            best = int(np.argmax(within))
-            record |= {"class": self.scorer.classes[best + 1],
-                       "class_probability": float(within[best])}
+        record = alert_end(start, end_snippet, end_s, self.scores, self.probs,
+                           self.scorer.classes, ended_by)
         self.line(record | {"wall_time": utc_now()})
         self.alert = None
 

@@ -34,7 +34,14 @@ import torch
 
 from tpwng.data.grid import expand_to_frames
 from tpwng.evaluate.inference import pick_crop, snippet_class_probs
-from tpwng.evaluate.live import JsonLines, display_source, scoring_threads, utc_now
+from tpwng.evaluate.live import (
+    JsonLines,
+    alert_end,
+    alert_start,
+    display_source,
+    scoring_threads,
+    utc_now,
+)
 from tpwng.evaluate.score_video import (
     ScoreOptions,
     Scorer,
@@ -208,9 +215,7 @@ class SourceState:
         if x is None:
             return
         if self.alert is None and snip["score"] >= x:
-            self.alert = {"event": "alert_start", "source": self.spec.name,
-                          "snippet": snip["snippet"], "time_s": snip["time_s"],
-                          "score": snip["score"], "threshold": x}
+            self.alert = {"source": self.spec.name} | alert_start(snip, x)
             self.alert |= {k: snip[k] for k in ("class", "class_probability") if k in snip}
             self.alert["wall_time"] = snip["wall_time"]
             self.line(self.alert)
@@ -222,17 +227,9 @@ class SourceState:
         start = self.alert
         if start is None:
             return
-        run = slice(start["snippet"], end_snippet)
-        record = {"event": "alert_end", "source": self.spec.name, "snippet": end_snippet,
-                  "time_s": end_s, "start_snippet": start["snippet"],
-                  "start_time_s": start["time_s"], "duration_s": end_s - start["time_s"],
-                  "max_score": float(np.nanmax(self.scores[run])),
-                  "threshold": start["threshold"], "ended_by": ended_by}
-        if self.probs:
-            within = np.nanmean(np.stack(self.probs[run]), axis=0)[1:]
-            best = int(np.argmax(within))
-            record |= {"class": self.service.scorer.classes[best + 1],
-                       "class_probability": float(within[best])}
+        record = {"source": self.spec.name} | alert_end(
+            start, end_snippet, end_s, self.scores, self.probs, self.service.scorer.classes,
+            ended_by)
         record["wall_time"] = utc_now()
         self.line(record)
         self.service.alert(record)

@@ -10,24 +10,20 @@ direct way.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import time
 from pathlib import Path
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from tpwng import RESOURCES
-from tpwng.data.datasets import NORMAL, class_prompt_name, parse_ucf_temporal_annotation
-from tpwng.data.grid import frame_labels
-from tpwng.evaluate.bootstrap import (
-    bootstrap,
-    compress,
-    frame_metric_values,
-    resample_counts,
-)
-from tpwng.evaluate.metrics import VideoResult, frame_auc
+from tpwng.bench.common import bench_parser, host
 from tpwng.files import write_json
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from tpwng.evaluate.metrics import VideoResult
 
 log = logging.getLogger(__name__)
 STRIDE = 16
@@ -36,6 +32,13 @@ TARGET_SECONDS = 30.0
 
 def ucf_test_videos(lengths: Path, seed: int = 0) -> list[VideoResult]:
     """UCF-Crime's test videos at the given snippet counts, with real truth, random scores."""
+    import numpy as np
+    import pandas as pd
+
+    from tpwng.data.datasets import NORMAL, class_prompt_name, parse_ucf_temporal_annotation
+    from tpwng.data.grid import frame_labels
+    from tpwng.evaluate.metrics import VideoResult
+
     table = pd.read_csv(lengths, sep="\t")
     if list(table.columns[:2]) != ["video", "snippets"]:
         raise ValueError(f"{lengths}: expected columns 'video' and 'snippets', got "
@@ -64,6 +67,8 @@ UCF_CLASSES = ["normal", "abuse", "arrest", "arson", "assault", "burglary", "exp
 def class_curves(videos: list[VideoResult], seed: int = 0) -> list[np.ndarray]:
     """Per video ``[frames, 14]`` class probabilities: random per snippet, the video's class
     raised on its annotated snippets."""
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     out = []
     for v in videos:
@@ -80,6 +85,10 @@ def class_curves(videos: list[VideoResult], seed: int = 0) -> list[np.ndarray]:
 
 def bench_bootstrap(lengths: Path, out: Path, resamples: int = 1000) -> dict:
     """Time the bootstrap of the frame metrics over UCF-Crime's test videos; write JSON."""
+    from tpwng.data.datasets import parse_ucf_temporal_annotation
+    from tpwng.evaluate.bootstrap import bootstrap, compress, frame_metric_values, resample_counts
+    from tpwng.evaluate.metrics import frame_auc
+
     videos = ucf_test_videos(lengths)
     frames = sum(v.n_frames for v in videos)
     t0 = time.perf_counter()
@@ -140,3 +149,32 @@ def bench_bootstrap(lengths: Path, out: Path, resamples: int = 1000) -> dict:
     print(f"fine-grained mAP (ours and published, 14 classes): proposals and matches "
           f"{t_proposals:.2f} s, {resamples} resamples {t_map:.2f} s")
     return result
+
+
+
+# UCF-Crime's test videos at the public release's snippet counts (in a checkout)
+UCF_TEST_LENGTHS = Path(__file__).resolve().parents[2] / "tests" / "data" / "feature_lengths" / \
+    "ucf_test_snippets.tsv"
+HELP = ("the reproduction table's bootstrap (1,000 resamples of the test videos) on UCF-Crime's "
+        "290 test videos")
+
+
+def add_bootstrap_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """`tpwng bench bootstrap` and its options."""
+    p = bench_parser(sub, "bootstrap", HELP, __doc__, run_bootstrap,
+                     "benchmarks/bootstrap-<host>.json")
+    p.add_argument("videos", nargs="*", metavar="LENGTHS",
+                   help="a lengths TSV of video and snippets (default: the release's, "
+                        "tests/data/feature_lengths/ucf_test_snippets.tsv)")
+    return p
+
+
+def run_bootstrap(a: argparse.Namespace) -> None:
+    """`tpwng bench bootstrap`: the figures printed and written as JSON."""
+    from tpwng.cli import UserError
+
+    lengths = Path(a.videos[0]) if a.videos else UCF_TEST_LENGTHS
+    if not lengths.is_file():
+        raise UserError(f"{lengths}: no such lengths file (give a TSV of video and "
+                        "snippets, e.g. tests/data/feature_lengths/ucf_test_snippets.tsv)")
+    bench_bootstrap(lengths, Path(a.out or f"benchmarks/bootstrap-{host()}.json"))

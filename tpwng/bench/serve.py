@@ -2,7 +2,7 @@
 
 For each K, K ffmpeg processes serve the same generated video in real time (``-re``, MPEG-TS
 over HTTP on 127.0.0.1, stream copy: they cost next to no CPU) and one `Service` scores them
-all for a fixed time with the demo model configuration (`tpwng.bench.live_scorer`: random
+all for a fixed time with the demo model configuration (`tpwng.bench.live.live_scorer`: random
 TPWNG weights on the chosen image tower). Per K: p50 / p95 / max latency (a snippet's last
 frame decoded to its score; the first `WARMUP_S` of each source left out), snippets scored
 and dropped, frames decoded against real time, and the process's CPU use. K holds when p95 <
@@ -12,6 +12,7 @@ K grows until one fails; the largest K that held is printed and written to the J
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -20,11 +21,14 @@ import socket
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+from tpwng.bench.common import add_model_options, bench_parser, clip_spec, host, peak_rss_mb
+from tpwng.bench.videos import long_video
+from tpwng.loopback import free_port, loopback_server
 
-from tpwng.bench import free_port, long_video, loopback_server, peak_rss_mb
-from tpwng.features.clip_backbone import ClipSpec
+if TYPE_CHECKING:
+    from tpwng.features.clip_backbone import ClipSpec
 
 WARMUP_S = 2.0  # seconds of each source's stream left out of the latencies
 KEEP_UP = 0.95  # frames decoded / frames sent in real time, at least
@@ -40,6 +44,8 @@ def _usable_cpus() -> int:
 
 def run_k(scorer, video: Path, k: int, seconds: float, ffmpeg: str, stride: int) -> dict:
     """One `Service` over ``k`` loopback sources of ``video`` for ``seconds`` s."""
+    import numpy as np
+
     from tpwng.serve.config import ServeConfig, SourceSpec
     from tpwng.serve.service import Service
 
@@ -93,7 +99,7 @@ def bench_serve(spec: ClipSpec, ks: list[int], seconds: float, workdir: Path,
     held; printed, and written as JSON to ``out``."""
     import platform
 
-    from tpwng.bench import live_scorer
+    from tpwng.bench.live import live_scorer
     from tpwng.evaluate.live import scoring_threads
 
     ffmpeg = shutil.which("ffmpeg")
@@ -133,3 +139,25 @@ def bench_serve(spec: ClipSpec, ks: list[int], seconds: float, workdir: Path,
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+HELP = ("tpwng serve with K loopback ffmpeg sources (1280x720 at 25 fps): the largest K that "
+        "holds p95 < 1 s with no drops")
+
+
+def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """`tpwng bench serve` and its options."""
+    p = bench_parser(sub, "serve", HELP, __doc__, run_serve, "benchmarks/serve-<host>.json")
+    add_model_options(p)
+    p.add_argument("--sources", type=int, nargs="+", metavar="K",
+                   help="the numbers of sources to try, in order (default 1 2 4 6 8 12 16)")
+    p.add_argument("--seconds", type=float, default=30.0, help="seconds per K (default 30)")
+    p.add_argument("--workdir", default="benchmarks",
+                   help="work folder: the generated video (default benchmarks)")
+    return p
+
+
+def run_serve(a: argparse.Namespace) -> None:
+    """`tpwng bench serve`: the table on stdout, the figures in the JSON."""
+    bench_serve(clip_spec(a), a.sources or [1, 2, 4, 6, 8, 12, 16], a.seconds,
+                Path(a.workdir), Path(a.out or f"benchmarks/serve-{host()}.json"))
