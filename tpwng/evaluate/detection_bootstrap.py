@@ -19,13 +19,13 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import digamma
 
-from tpwng.data.datasets import NORMAL
 from tpwng.evaluate.finegrained import (
     DEFAULT_IOUS,
     Segment,
     curve_proposals,
     match_proposals,
     protocol_options,
+    protocol_segments,
 )
 
 
@@ -66,21 +66,15 @@ def video_detections(
     (`tpwng.evaluate.finegrained.protocol_options`)."""
     options = protocol_options(protocol, fmt)
     names = list(classnames)
-    index = {c: i for i, c in enumerate(names)}
     n = len(frame_probs)
     per_class: list[list[tuple[int, int, float, np.ndarray]]] = [[] for _ in names]
     n_gt = np.zeros((len(names), n), dtype=np.float64)
     for v, (probs, segments) in enumerate(zip(frame_probs, ground_truth, strict=True)):
         p = np.asarray(probs, dtype=np.float64)
         gt: list[list[tuple[int, int]]] = [[] for _ in names]
-        for name, s, e in segments:
-            if name == NORMAL and not options["normal_ground_truth"]:
-                continue
-            if options["cut_to_video"]:
-                e = min(int(e), p.shape[0])
-                if e <= s:
-                    continue
-            gt[index[name]].append((int(s), int(e)))
+        for c, s, e in protocol_segments(segments, p.shape[0], names, options["cut_to_video"],
+                                         options["normal_ground_truth"], f"video {v}"):
+            gt[c].append((s, e))
         for c in range(len(names)):
             props = curve_proposals(p[:, c])
             n_gt[c, v] = len(gt[c])

@@ -243,6 +243,23 @@ def _cut(segment: tuple[int, int], n_frames: int, what: str,
     return (s, e) if e > s else None
 
 
+def protocol_segments(segments: Sequence[Segment], n_frames: int, names: Sequence[str],
+                      cut_to_video: bool, normal_ground_truth: bool, what: str,
+                      ) -> list[tuple[int, int, int]]:
+    """One video's ground truth as a protocol counts it: ``(class index, start, end)``, cut to
+    the video (`_cut`) or kept as written, ``normal`` segments dropped without
+    ``normal_ground_truth``; a class outside ``names`` is an error naming ``what``."""
+    index = {c: i for i, c in enumerate(names)}
+    out = []
+    for name, s, e in segments:
+        if name not in index:
+            raise ValueError(f"{what}: ground-truth class {name!r} is not in {list(names)}")
+        cut = _cut((s, e), n_frames, what, cut_to_video)
+        if cut is not None and (name != NORMAL or normal_ground_truth):
+            out.append((index[name], *cut))
+    return out
+
+
 # --------------------------------------------------------------------------- detection mAP
 
 
@@ -338,18 +355,13 @@ def _score_map(proposals: ClassProposals, frames: list[int],
                empty_class: EmptyClass, cut_to_video: bool, normal_ground_truth: bool) -> dict:
     """`published_fine_grained_map` from the proposals of `_class_proposals`."""
     k = len(names)
-    index = {c: i for i, c in enumerate(names)}
     gt: list[dict[int, list[tuple[int, int]]]] = [{} for _ in range(k)]
     past_end = 0
     for v, segments in enumerate(ground_truth):
-        for name, s, e in segments:
-            if name not in index:
-                raise ValueError(f"video {v}: ground-truth class {name!r} is not in {names}")
-            cut = _cut((s, e), frames[v], f"video {v}", cut_to_video)
-            if cut is None or (name == NORMAL and not normal_ground_truth):
-                continue
-            gt[index[name]].setdefault(v, []).append(cut)
-            past_end += cut[1] > frames[v]
+        for c, s, e in protocol_segments(segments, frames[v], names, cut_to_video,
+                                         normal_ground_truth, f"video {v}"):
+            gt[c].setdefault(v, []).append((s, e))
+            past_end += e > frames[v]
 
     n_gt = [sum(len(g) for g in gt[c].values()) for c in range(k)]
     empty = [names[c] for c in range(k) if not proposals[c]]

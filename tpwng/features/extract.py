@@ -106,15 +106,12 @@ MIN_PRECISION_COSINE = 0.999  # reduced-precision features this close to float32
 PRECISION_CHECK_FRAMES = 16  # sampled frames of the first video that the check encodes
 
 
-def precision_check_frames(jobs: Sequence, settings: ExtractionSettings) -> torch.Tensor | None:
-    """Up to `PRECISION_CHECK_FRAMES` sampled frames of the first video, decoded here."""
-    for job in jobs[:1]:
-        indices = job.indices[:PRECISION_CHECK_FRAMES]
-        chunks = [f for _, f in read_frames(job.path, indices, chunk=len(indices),
-                                            timeout=settings.decode_timeout,
-                                            decoder=job.decoder)]
-        return torch.from_numpy(np.concatenate(chunks)) if chunks else None
-    return None
+def precision_check_frames(job: VideoJob, settings: ExtractionSettings) -> torch.Tensor:
+    """Up to `PRECISION_CHECK_FRAMES` sampled frames of one video, decoded here."""
+    indices = job.indices[:PRECISION_CHECK_FRAMES]
+    chunks = [f for _, f in read_frames(job.path, indices, chunk=len(indices),
+                                        timeout=settings.decode_timeout, decoder=job.decoder)]
+    return torch.from_numpy(np.concatenate(chunks))
 
 
 class ImageEncoder:
@@ -167,30 +164,33 @@ class ImageEncoder:
         """Hold this encoder's features of uint8 ``frames`` [N, H, W, 3] against those of a
         float32 copy of its tower: the cosine of each image's pair, least and mean. Below
         `MIN_PRECISION_COSINE` with ``fall_back`` (``precision: auto``) the encoder switches to
-        the float32 tower. Float32 encoders, and those made without ``checked``, are not
-        checked."""
+        the float32 tower (`settle`). Float32 encoders, and those made without ``checked``, are
+        not checked."""
         if self.float32_tower is None:
             return {"dtype": "float32", "checked": False}
-        reference, self.float32_tower = self.float32_tower, None
         x = self.prepare(frames)
         ours = self.embed(x).flatten(0, 1)
-        want = reference(x.flatten(0, 1)).float()
+        want = self.float32_tower(x.flatten(0, 1)).float()
         cos = torch.nn.functional.cosine_similarity(ours, want, dim=-1)
         out = {"dtype": str(self.dtype).removeprefix("torch."), "checked": True,
                "images": int(cos.numel()), "cosine_min": float(cos.min()),
                "cosine_mean": float(cos.mean()), "threshold": MIN_PRECISION_COSINE}
-        if out["cosine_min"] < MIN_PRECISION_COSINE:
-            if fall_back:
-                log.warning("%s features reach cosine %.5f of float32 ones (< %g): encoding in "
-                            "float32", out["dtype"], out["cosine_min"], MIN_PRECISION_COSINE)
-                self.visual, self.dtype = reference, torch.float32
-                out["fell_back_to"] = "float32"
-            else:
-                log.warning("%s features reach cosine %.5f of float32 ones (< %g); "
-                            "extraction.precision asks for them", out["dtype"],
-                            out["cosine_min"], MIN_PRECISION_COSINE)
-        del reference
+        close = out["cosine_min"] >= MIN_PRECISION_COSINE
+        if not close:
+            log.warning("%s features reach cosine %.5f of float32 ones (< %g): %s",
+                        out["dtype"], out["cosine_min"], MIN_PRECISION_COSINE,
+                        "encoding in float32" if fall_back else
+                        "kept, as extraction.precision asks for them")
+        if fall_back and not close:
+            out["fell_back_to"] = "float32"
+        self.settle(float32="fell_back_to" in out)
         return out
+
+    def settle(self, float32: bool) -> None:
+        """After the check: encode with the kept float32 tower, or free it."""
+        if float32 and self.float32_tower is not None:
+            self.visual, self.dtype = self.float32_tower, torch.float32
+        self.float32_tower = None
 
 
 Slot = tuple[int, int, int]  # job index, snippet offset, snippet count
@@ -331,11 +331,14 @@ def extract(rows: Sequence, out: str | Path, spec: ClipSpec, settings: Extractio
     jobs = plan_jobs(rows, settings)
     prov = extracted_provenance(spec, identity, settings, dim, dataset) | {"shard": shard}
     if encoders[0].dtype != torch.float32 and jobs:
-        # reduced precision only where its features stay close to float32 ones: measured on
-        # this shard's first frames, recorded per shard (merged views compare the dtype)
-        frames = precision_check_frames(jobs, settings)
-        checks = [e.check_precision(frames, settings.precision == "auto") for e in encoders]
-        prov["shard_precision_check"] = checks[0]
+        # reduced precision only where its features stay close to float32 ones: measured once,
+        # on this shard's first frames, for every encoder of the job; recorded per shard
+        # (merged views compare the dtype)
+        check = encoders[0].check_precision(precision_check_frames(jobs[0], settings),
+                                            settings.precision == "auto")
+        for e in encoders[1:]:
+            e.settle(float32="fell_back_to" in check)
+        prov["shard_precision_check"] = check
     prov["encoder_dtype"] = str(encoders[0].dtype).removeprefix("torch.")
     workers = decode_workers_for(settings.decode_workers, threads)
     routed = sum(job.decoder == "pyav" for job in jobs)
