@@ -80,7 +80,7 @@ def test_the_tree_shows_paper_and_pipeline():
 
 def test_each_function_name_is_defined_once():
     """One home per idea: no two modules define a top-level function of the same name (the
-    snippet grid, for one, lives only in tpwng.data.grid)."""
+    snippet grid, for one, lives only in tpwng.grid)."""
     homes: dict[str, list[str]] = {}
     for name, tree in _modules().items():
         for node in tree.body:
@@ -89,4 +89,65 @@ def test_each_function_name_is_defined_once():
     twice = {f: m for f, m in homes.items() if len(m) > 1}
     assert twice == {}
     assert homes["sample_indices"] == homes["expand_to_frames"] == homes["frame_labels"] \
-        == ["tpwng.data.grid"]
+        == ["tpwng.grid"]
+
+
+# The layers, lowest first: a module may import its own layer and those below it, never above.
+# data sits above features because a manifest is built by probing videos and stores.
+LAYERS = (
+    ("tpwng", "tpwng.files", "tpwng.device", "tpwng.heap", "tpwng.redact", "tpwng.grid",
+     "tpwng.config", "tpwng.loopback", "tpwng.errors"),
+    ("tpwng.model",),
+    ("tpwng.features",),
+    ("tpwng.data",),
+    ("tpwng.train",),
+    ("tpwng.evaluate",),
+    ("tpwng.scoring",),
+    ("tpwng.serve",),
+    ("tpwng.bench",),
+    ("tpwng.cli", "tpwng.__main__"),
+)
+
+
+def layer_of(module: str) -> int:
+    """The layer of a tpwng module: its own entry, else its package's."""
+    best = None
+    for rank, names in enumerate(LAYERS):
+        for name in names:
+            if (module == name or module.startswith(name + ".")) and name != "tpwng":
+                if best is None or len(name) > len(best[1]):
+                    best = (rank, name)
+    if best is not None:
+        return best[0]
+    if module == "tpwng":
+        return 0
+    raise AssertionError(f"{module} is in no layer: add it to LAYERS")
+
+
+def upward_imports(module: str, tree: ast.Module) -> list[str]:
+    """Imports of `module` (at any depth, deferred ones too) that reach a higher layer."""
+    own = layer_of(module)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            targets = [node.module]
+        elif isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        else:
+            continue
+        found += [f"{module} imports {t}" for t in targets
+                  if t.split(".")[0] == "tpwng" and layer_of(t) > own]
+    return found
+
+
+def test_no_import_runs_up_the_layers():
+    found = [use for name, tree in _modules().items() for use in upward_imports(name, tree)]
+    assert found == []
+
+
+def test_the_layer_check_finds_upward_imports():
+    tree = ast.parse("def f():\n    from tpwng.evaluate.plots import figure\n"
+                     "from tpwng.grid import sample_indices\n")
+    assert upward_imports("tpwng.features.compare", tree) == [
+        "tpwng.features.compare imports tpwng.evaluate.plots"]
+    assert upward_imports("tpwng.evaluate.tables", tree) == []

@@ -22,7 +22,6 @@ from tpwng.data.datasets import (
     xd_classes_from_name,
     xd_entries,
 )
-from tpwng.data.grid import frame_labels
 from tpwng.data.manifest import (
     MANIFEST_COLUMNS,
     ManifestRow,
@@ -31,6 +30,7 @@ from tpwng.data.manifest import (
     write_manifest,
 )
 from tpwng.features.video import VideoInfo
+from tpwng.grid import frame_labels
 
 
 def _lines(path: Path) -> list[str]:

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from tpwng.data.grid import expand_to_frames
 from tpwng.data.manifest import ManifestRow, write_manifest
 from tpwng.evaluate.tables import video_results
 from tpwng.features.store import h5_create
 from tpwng.files import atomic_path
+from tpwng.grid import expand_to_frames
 
 SNIPPETS = {"a": np.array([0.1, 0.9, 0.8], np.float32),     # 40 frames: 3 snippets, last of 8
             "n": np.array([0.2, 0.3, 0.05], np.float32)}    # 33 frames: 3 snippets, last of 1

@@ -25,7 +25,6 @@ import torch
 
 from tests import faults
 from tpwng.data.datasets import DatasetError, folder_entries, ucf_entries
-from tpwng.data.grid import sample_indices
 from tpwng.data.manifest import make_manifest, read_cuts, read_manifest, read_skipped
 from tpwng.errors import CheckpointError
 from tpwng.evaluate.inference import load_model, score_test_set
@@ -34,6 +33,7 @@ from tpwng.features.clip_backbone import ClipSpec, ClipWeightsError, load_clip
 from tpwng.features.extract import ExtractionSettings, extract
 from tpwng.features.store import FeatureStore, StoreError, StoreWriter
 from tpwng.features.video import VideoError, probe_video, read_frames
+from tpwng.grid import sample_indices
 from tpwng.train.checkpoint import load_checkpoint
 from tpwng.train.loop import train
 

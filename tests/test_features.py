@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from tpwng.data.grid import sample_indices
 from tpwng.features.clip_backbone import ClipSpec
 from tpwng.features.extract import ExtractionSettings, decode_workers_for, extract
 from tpwng.features.preprocess import preprocess
 from tpwng.features.store import FeatureStore
 from tpwng.features.video import probe_video
+from tpwng.grid import sample_indices
 
 SPEC = ClipSpec("tpwng-tiny-ViT-B-16", "none", 0)
 

@@ -32,7 +32,6 @@ import torch
 from tests.test_score_video import STRIDE, _train
 from tpwng.bench.videos import long_video
 from tpwng.cli import main
-from tpwng.data.grid import sample_indices
 from tpwng.evaluate.inference import pick_crop, score_features, snippet_class_probs
 from tpwng.evaluate.live import (
     LiveOptions,
@@ -43,6 +42,7 @@ from tpwng.evaluate.live import (
 )
 from tpwng.evaluate.score_video import ScoreOptions, load_scorer, snippet_features
 from tpwng.features.video import probe_video, read_frames
+from tpwng.grid import sample_indices
 from tpwng.loopback import free_port, loopback_server
 
 FFMPEG = shutil.which("ffmpeg")

@@ -8,7 +8,6 @@ from itertools import product
 import numpy as np
 import pytest
 
-from tpwng.data.grid import expand_to_frames, frame_labels
 from tpwng.evaluate.metrics import (
     VideoResult,
     anomalous_only_auc,
@@ -19,10 +18,11 @@ from tpwng.evaluate.metrics import (
     labels_to_intervals,
     metrics_table,
     per_class_auc,
-    pseudo_label_quality,
     roc_pr_points,
     score_segments,
 )
+from tpwng.grid import expand_to_frames, frame_labels
+from tpwng.train.label_quality import pseudo_label_quality
 
 IOUS = (0.1, 0.2, 0.3, 0.4, 0.5)
 KEYS = [f"mAP@{t}" for t in IOUS]

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tpwng.data.grid import frame_labels
 from tpwng.evaluate.metrics import VideoResult
 from tpwng.evaluate.plots import (
     plot_pseudo_labels,
@@ -19,6 +18,7 @@ from tpwng.evaluate.plots import (
     plot_training_log,
     select_videos,
 )
+from tpwng.grid import frame_labels
 
 
 def check_png(path: Path, min_size: tuple[int, int] = (300, 200)) -> None:

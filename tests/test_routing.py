@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from tests import faults
-from tpwng.data.grid import sample_indices
 from tpwng.data.manifest import make_manifest, read_manifest
 from tpwng.features import video
 from tpwng.features.clip_backbone import ClipSpec
@@ -23,6 +22,7 @@ from tpwng.features.extract import ExtractionSettings, extract
 from tpwng.features.routing import choose_decoder, inspect_stream
 from tpwng.features.store import FeatureStore
 from tpwng.features.video import VideoError, probe_video, read_frames
+from tpwng.grid import sample_indices
 
 COLS, ROWS = 5, 2  # 10 bits: frame numbers up to 1023
 STRIDE, CHUNK = 16, 4

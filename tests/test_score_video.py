@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from tpwng.cli import main
-from tpwng.data.grid import expand_to_frames
 from tpwng.data.manifest import ManifestRow, write_manifest
 from tpwng.evaluate.inference import score_features
 from tpwng.evaluate.metrics import labels_to_intervals
 from tpwng.evaluate.score_video import SnippetStream, load_scorer, score_offline, snippet_features
 from tpwng.features.store import StoreWriter
 from tpwng.features.video import probe_video
+from tpwng.grid import expand_to_frames
 from tpwng.model.tpwng import TPWNG, ModelConfig
 from tpwng.train.loop import train
 

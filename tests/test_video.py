@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from tpwng.data.grid import sample_indices, snippet_count
 from tpwng.features.video import VideoError, probe_video, read_frames
+from tpwng.grid import sample_indices, snippet_count
 
 
 def _independent_indices(n, stride, mode):

@@ -24,7 +24,6 @@ import torch
 from tests.dag import job_counts, snakemake, tiny_config
 from tests.test_score_video import _train
 from tpwng.cli import main
-from tpwng.data.grid import expand_to_frames
 from tpwng.data.manifest import ManifestRow, write_manifest
 from tpwng.evaluate.metrics import labels_to_intervals
 from tpwng.evaluate.viewer import (
@@ -37,6 +36,7 @@ from tpwng.evaluate.viewer import (
 )
 from tpwng.features.store import h5_create
 from tpwng.features.video import probe_video
+from tpwng.grid import expand_to_frames
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

@@ -8,11 +8,25 @@ import logging
 import sys
 from pathlib import Path
 
+from tpwng.errors import CheckpointError, UserError
+
 log = logging.getLogger("tpwng")
 
 
-class UserError(Exception):
-    """An error to print as one line, without a traceback."""
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """The error types whose message is printed as one line (imported only when needed: they
+    import torch)."""
+    from tpwng.config import ConfigError
+    from tpwng.data.datasets import DatasetError
+    from tpwng.device import DeviceCountError
+    from tpwng.evaluate import ResultsError
+    from tpwng.features.clip_backbone import ClipWeightsError
+    from tpwng.features.store import StoreError
+    from tpwng.features.video import VideoError
+    from tpwng.files import WriteError
+
+    return (UserError, ClipWeightsError, StoreError, VideoError, CheckpointError, ConfigError,
+            DatasetError, WriteError, DeviceCountError, ResultsError, FileNotFoundError)
 
 
 def _settings(text: str, threads: int | None = None) -> dict:
@@ -445,10 +459,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except Exception as exc:
-        from tpwng.errors import EXPECTED_ERRORS  # imported only now: it imports torch
         from tpwng.redact import redact_text
 
-        if not isinstance(exc, (UserError, *EXPECTED_ERRORS)):
+        if not isinstance(exc, expected_errors()):
             raise
         print(f"tpwng {args.command}: error: {redact_text(str(exc), *_sources(args))}",
               file=sys.stderr)

@@ -1,25 +1,14 @@
-"""The error types that carry a clear one-line message for the user."""
+"""Error types shared across the layers that carry a clear one-line message for the user.
+
+Each layer's own error types live with their code (`StoreError` with the feature store,
+`VideoError` with decoding, ...); the command line gathers them all (`tpwng.cli`)."""
 
 from __future__ import annotations
 
-from tpwng.device import DeviceCountError
-from tpwng.features.clip_backbone import ClipWeightsError
-from tpwng.features.store import StoreError
-from tpwng.features.video import VideoError
-from tpwng.files import WriteError
+
+class UserError(Exception):
+    """An error to print as one line, without a traceback."""
 
 
 class CheckpointError(RuntimeError):
     """A model checkpoint is unreadable or was made for another configuration."""
-
-
-def _expected() -> tuple[type[BaseException], ...]:
-    from tpwng.config import ConfigError
-    from tpwng.data.datasets import DatasetError
-    from tpwng.evaluate import ResultsError
-
-    return (ClipWeightsError, StoreError, VideoError, CheckpointError, ConfigError,
-            DatasetError, WriteError, DeviceCountError, ResultsError, FileNotFoundError)
-
-
-EXPECTED_ERRORS = _expected()

@@ -36,8 +36,8 @@ def ucf_test_videos(lengths: Path, seed: int = 0) -> list[VideoResult]:
     import pandas as pd
 
     from tpwng.data.datasets import NORMAL, class_prompt_name, parse_ucf_temporal_annotation
-    from tpwng.data.grid import frame_labels
     from tpwng.evaluate.metrics import VideoResult
+    from tpwng.grid import frame_labels
 
     table = pd.read_csv(lengths, sep="\t")
     if list(table.columns[:2]) != ["video", "snippets"]:
@@ -171,7 +171,7 @@ def add_bootstrap_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPa
 
 def run_bootstrap(a: argparse.Namespace) -> None:
     """`tpwng bench bootstrap`: the figures printed and written as JSON."""
-    from tpwng.cli import UserError
+    from tpwng.errors import UserError
 
     lengths = Path(a.videos[0]) if a.videos else UCF_TEST_LENGTHS
     if not lengths.is_file():

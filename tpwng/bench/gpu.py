@@ -334,8 +334,8 @@ def run_gpu(a: argparse.Namespace) -> None:
     """`tpwng bench gpu`: the GPU box's figures and targets in one run."""
     import dataclasses
 
-    from tpwng.cli import UserError
     from tpwng.device import resolve_device
+    from tpwng.errors import UserError
 
     spec = clip_spec(a)
     if not a.quick and resolve_device("auto").type != "cuda":

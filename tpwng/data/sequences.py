@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tpwng.data.grid import snippet_fractions
+from tpwng.grid import snippet_fractions
 
 
 def bin_edges(n: int, max_len: int) -> np.ndarray:

@@ -24,8 +24,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from tpwng.data.grid import expand_to_frames
 from tpwng.data.sequences import cap_length, pad_batch
+from tpwng.grid import expand_to_frames
 
 Metric = Callable[[list[np.ndarray], list[np.ndarray]], float | Mapping[str, float]]
 
@@ -282,7 +282,7 @@ def baselines_table(
     ``scores`` maps a method name (``"nearest_normal"``, ``"topk_mil"``, ``"tpwng"``, ...) to
     per-snippet scores of every test video, in the order of ``frame_labels`` (per-frame 0/1
     ground truth). Snippet scores become frame scores by repeating each ``stride`` times, cut to
-    the video's frame count (`tpwng.data.grid.expand_to_frames`). ``metric(frame_scores,
+    the video's frame count (`tpwng.grid.expand_to_frames`). ``metric(frame_scores,
     frame_labels)`` gets the per-video frame lists and returns one number (column
     ``metric_name``) or a mapping of named numbers (e.g. ``{"frame_auc": ..., "frame_ap":
     ...}``). The index is named ``method``.

@@ -13,12 +13,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from tpwng.data.grid import expand_to_frames
 from tpwng.data.manifest import read_manifest
 from tpwng.device import resolve_device
 from tpwng.features.clip_backbone import ClipSpec, load_clip
 from tpwng.features.store import FeatureStore, StoreError, h5_create, open_sealed
 from tpwng.files import atomic_path
+from tpwng.grid import expand_to_frames
 from tpwng.model.class_probs import class_probabilities
 from tpwng.model.tpwng import TPWNG, ModelConfig
 from tpwng.train.checkpoint import (

@@ -39,7 +39,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from tpwng.data.grid import expand_to_frames, sample_indices
 from tpwng.evaluate.inference import pick_crop, snippet_class_probs
 from tpwng.evaluate.score_video import (
     ScoreOptions,
@@ -53,6 +52,7 @@ from tpwng.evaluate.score_video import (
 )
 from tpwng.features.video import VideoError, VideoInfo
 from tpwng.files import WriteError, is_write_error
+from tpwng.grid import expand_to_frames, sample_indices
 from tpwng.redact import redact_text, redact_url, split_url
 
 LIVE_SCHEMES = ("http", "https", "rtsp", "rtmp", "udp")

@@ -22,7 +22,6 @@ import torch
 from torch import nn
 
 from tpwng.data.datasets import VIDEO_EXTENSIONS
-from tpwng.data.grid import expand_to_frames, frame_labels, sample_indices, snippets_of
 from tpwng.device import resolve_device
 from tpwng.errors import CheckpointError
 from tpwng.evaluate.inference import load_model, pick_crop, score_features, snippet_class_probs
@@ -33,6 +32,7 @@ from tpwng.features.extract import ExtractionSettings, ImageEncoder
 from tpwng.features.provenance import recorded_settings
 from tpwng.features.video import VideoError, VideoInfo, probe_video, read_frames
 from tpwng.files import WriteError, atomic_path, write_json
+from tpwng.grid import expand_to_frames, frame_labels, sample_indices, snippets_of
 from tpwng.model.tcsal import TCSAL, TCSALStream
 from tpwng.model.tpwng import TPWNG
 from tpwng.train.checkpoint import load_checkpoint, stored_text_embeddings

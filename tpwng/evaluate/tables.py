@@ -13,7 +13,6 @@ import pandas as pd
 
 from tpwng import RESOURCES, __version__
 from tpwng.data.datasets import NORMAL, Interval
-from tpwng.data.grid import expand_to_frames, frame_labels, whole_snippet_frames
 from tpwng.data.manifest import ManifestRow, read_cuts, read_manifest
 from tpwng.evaluate.baselines import MilSettings, nearest_normal_distance, topk_mil_ranking
 from tpwng.evaluate.finegrained import (
@@ -38,6 +37,7 @@ from tpwng.evaluate.plots import plot_roc_pr, plot_score_curves, spread
 from tpwng.features.provenance import expected_store_provenance, store_source
 from tpwng.features.store import FeatureStore
 from tpwng.files import write_json, write_table
+from tpwng.grid import expand_to_frames, frame_labels, whole_snippet_frames
 from tpwng.train.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)

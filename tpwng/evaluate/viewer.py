@@ -80,7 +80,7 @@ def video_stats(frame_scores: np.ndarray, threshold: float,
     truth) and missed frames (true frames < threshold)."""
     from sklearn.metrics import roc_auc_score
 
-    from tpwng.data.grid import frame_labels
+    from tpwng.grid import frame_labels
 
     scores = np.asarray(frame_scores, dtype=np.float64)
     above = scores >= threshold

@@ -29,13 +29,13 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
-from tpwng.data.grid import sample_indices
 from tpwng.device import encoder_devices, encoder_dtype, resolve_device
 from tpwng.features.clip_backbone import ClipSpec, load_clip
 from tpwng.features.preprocess import n_crops, preprocess
 from tpwng.features.provenance import extracted_provenance
 from tpwng.features.store import StoreWriter
 from tpwng.features.video import DECODE_TIMEOUT, read_frames
+from tpwng.grid import sample_indices
 from tpwng.heap import bound_heap_growth
 
 log = logging.getLogger(__name__)

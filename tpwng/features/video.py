@@ -43,9 +43,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tpwng.data.grid import sample_indices
 from tpwng.features.pyav_reader import SequentialReader
 from tpwng.features.routing import choose_decoder, inspect_stream
+from tpwng.grid import sample_indices
 from tpwng.heap import bound_heap_growth
 
 DECODE_TIMEOUT = 600.0  # seconds one decoding call (open, probe, one chunk) may take

@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from tpwng.data.grid import expand_to_frames
 from tpwng.evaluate.inference import pick_crop, snippet_class_probs
 from tpwng.evaluate.live import (
     JsonLines,
@@ -53,6 +52,7 @@ from tpwng.evaluate.score_video import (
     write_video_outputs,
 )
 from tpwng.features.video import VideoInfo
+from tpwng.grid import expand_to_frames
 from tpwng.serve.alerts import AlertSender
 from tpwng.serve.config import ServeConfig, SourceSpec
 from tpwng.serve.sources import Snippet, SourceCounters, SourceQueue, SourceReader

@@ -15,17 +15,17 @@ from tqdm import tqdm
 from tpwng import __version__
 from tpwng.config import training_hash
 from tpwng.data.datasets import DatasetError, load_interval_file
-from tpwng.data.grid import frame_labels
 from tpwng.data.manifest import read_manifest
 from tpwng.data.sequences import TrainVideo, cap_length, epoch_batches, pad_batch, snippet_truth
 from tpwng.device import resolve_device
-from tpwng.evaluate.metrics import pseudo_label_quality
 from tpwng.features.clip_backbone import ClipSpec, load_clip
 from tpwng.features.provenance import expected_store_provenance
 from tpwng.features.store import FeatureStore, StoreError
+from tpwng.grid import frame_labels
 from tpwng.model.tpwng import LOG_KEYS, TPWNG, ModelConfig
 from tpwng.train.batches import feature_sources, multi_hot, plan_epoch
 from tpwng.train.checkpoint import save_checkpoint
+from tpwng.train.label_quality import pseudo_label_quality
 
 log = logging.getLogger(__name__)
 
