@@ -1,9 +1,9 @@
 """Bad inputs for the fault tests, and the means to run the real CLI and kill it.
 
 Videos are written with PyAV (libx264) and then damaged at the byte level. `serve_with_faults`
-is a decoding child (see tpwng.features.video) that misbehaves on request, to simulate decoders that
-hang while holding the GIL or crash. `run_cli` runs `tpwng.cli.main` in a process of its own
-group, so that a test can kill it, and everything it started, with SIGKILL.
+is a decoding child (see tpwng.features.decode_process) that misbehaves on request, to
+simulate decoders that hang while holding the GIL or crash. `run_cli` runs `tpwng.cli.main` in
+a process of its own group, so that a test can kill it, and everything it started, with SIGKILL.
 """
 
 from __future__ import annotations
@@ -240,7 +240,7 @@ def folder_settings(root: str | Path, on_bad_video: str = "error", timeout: floa
                     **extraction) -> dict:
     """Merged dataset settings (as the rules pass them) for a folder dataset, tiny CLIP."""
     return {
-        "name": "faulty", "format": "folder", "root": str(root),
+        "name": "faulty", "format": "folder", "root": str(root), "annotation_tolerance": None,
         "classes": ["normal", "fighting"], "synthetic": {},
         "clip": {"model": "tpwng-tiny-ViT-B-16", "pretrained": "none", "seed": 0,
                  "quick_gelu": True},
@@ -248,7 +248,7 @@ def folder_settings(root: str | Path, on_bad_video: str = "error", timeout: floa
                        "sample": "center", "crop_mode": "center", "batch_size": 16,
                        "precision": "fp32", "decode_workers": 0, "decode_chunk": 32,
                        "decode_timeout": timeout, "dtype": "float16", "shards": 1,
-                       "on_bad_video": on_bad_video} | extraction,
+                       "decoder": "auto", "on_bad_video": on_bad_video} | extraction,
         "model": {"ff_dim": 128, "layers": 1, "heads": 2},
         "train": {"lr": 1e-3, "weight_decay": 0.005, "epochs": 2, "batch_normal": 2,
                   "batch_anomalous": 2, "max_seq_len": 16, "test_crop": 0, "seed": 3,
@@ -270,7 +270,7 @@ def store_checksums(path: str | Path) -> dict[str, str]:
 
 
 def scores_checksums(path: str | Path) -> dict[str, str]:
-    from tpwng.evaluate.inference import read_scores
+    from tpwng.evaluate.scores_file import read_scores
 
     order, frames, snippets = read_scores(Path(path))
     return {v: hashlib.sha256(frames[v].tobytes() + snippets[v].tobytes()).hexdigest()
@@ -297,7 +297,7 @@ def serve_with_faults() -> None:
     from tpwng.features import video
 
     op, name, how = os.environ[HANG_ENV].split(":")
-    handle = video._handle
+    handle = video.handle_request
 
     def faulty(reader, request):
         if request[0] == op and len(request) > 1 and Path(request[1]).name == name:
@@ -307,7 +307,7 @@ def serve_with_faults() -> None:
             os.kill(os.getpid(), signal.SIGSEGV)
         return handle(reader, request)
 
-    video._handle = faulty
+    video.handle_request = faulty
     video.serve_decoding()
 
 
@@ -318,7 +318,7 @@ FAULTY_DECODER = [sys.executable, "-c", "from tests.faults import serve_with_fau
 # --------------------------------------------------------------------------- the real CLI
 
 _PRELOAD = ["torch", "open_clip", "h5py", "decord", "tpwng.cli", "tpwng.features.extract",
-            "tpwng.train.loop", "tpwng.evaluate.inference", "tpwng.data.datasets", "tests.faults"]
+            "tpwng.train.loop", "tpwng.scoring.inference", "tpwng.data.datasets", "tests.faults"]
 
 
 def cli_context():

@@ -23,11 +23,12 @@ FIGURES = [
     "train_seconds_per_epoch", "train_seconds_all_epochs", "total_s",
     "decode_single_thread_fps", "decode_ceiling_fps", "encoder_bf16_weights_images_per_s",
     "end_to_end_center_vs_decode_ceiling", "seeds_sequential_s", "seeds_concurrent_s",
-    "seeds_concurrent_speedup", "seeds_five_by_50_epochs_s",
+    "seeds_concurrent_speedup", "seeds_five_by_50_epochs_s", "decode_all_steady_fps",
+    "decode_single_thread_steady_fps", "decode_all_startup_s", "decode_all_vs_single_steady",
 ]
 TARGETS = {"centre_crop_vs_decode", "centre_crop_vs_decode_ceiling", "tencrop_vs_encoder",
            "tencrop_vs_bf16_encoder", "speedup_over_peer", "train_50_epochs",
-           "five_seeds_50_epochs"}
+           "five_seeds_50_epochs", "center_lanes_match", "tencrop_lanes_match"}
 
 
 def _bench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -60,9 +61,12 @@ def test_quick_run_writes_every_figure_and_target(tmp_path):
     assert (t["speedup_over_peer"]["bound"], t["train_50_epochs"]["bound"]) == (15.0, 240.0)
     assert t["train_50_epochs"]["pass"] == (r["train_seconds_all_epochs"] <= 240)
     assert t["centre_crop_vs_decode_ceiling"]["bound"] == pytest.approx(
-        0.85 * r["decode_single_thread_fps"] * r["decode_all_processes"])
+        0.85 * r["decode_single_thread_steady_fps"] * r["decode_all_processes"])
+    # the ceiling is a decoder's rate once started: one process's start-up (importing,
+    # opening its first video) is not part of it
     assert r["decode_ceiling_fps"] == pytest.approx(
-        r["decode_single_thread_fps"] * r["decode_all_processes"])
+        r["decode_single_thread_steady_fps"] * r["decode_all_processes"])
+    assert 0 < r["decode_single_thread_startup_s"] < r["decode_single_thread_s"]
     assert t["tencrop_vs_bf16_encoder"]["bound"] == pytest.approx(
         0.95 * r["encoder_bf16_weights_images_per_s"])
     # training as `epoch_over: crops` (4 videos x 2 crops, batches of 2 + 2: 2 steps), on the
@@ -76,6 +80,10 @@ def test_quick_run_writes_every_figure_and_target(tmp_path):
     assert r["seeds_five_by_50_epochs_s"] == pytest.approx(5 * 50 * 2 / max(
         r["seeds_sequential_steps_per_s"], r["seeds_concurrent_steps_per_s"]))
     assert t["five_seeds_50_epochs"]["bound"] == 600.0
+    # what extraction stored is what one encoder computes from the same frames
+    for crop_mode in ("center", "tencrop"):
+        cosine = r[f"end_to_end_{crop_mode}_min_cosine_to_direct"]
+        assert t[f"{crop_mode}_lanes_match"]["pass"], cosine
     assert "[" in run.stderr and "done" in run.stderr  # progress on stderr
     check = r["attention_float64"]  # TCSAL's attention paths against float64 `manual`
     assert check["shape"] == [2, 32, 64] and check["layers"] == 2

@@ -17,19 +17,14 @@ from tests.test_training import _settings
 from tpwng.cli import main as tpwng_main
 from tpwng.data.manifest import ManifestRow, read_manifest, write_manifest
 from tpwng.evaluate import ablations
-from tpwng.evaluate.finegrained import (
-    frame_class_probabilities,
-    published_fine_grained_map,
-    video_classification_accuracy,
-)
-from tpwng.evaluate.inference import load_model, read_class_probs, read_scores, score_test_set
-from tpwng.evaluate.tables import (
-    class_ground_truth,
-    evaluate,
-    nearest_normal_calibration,
-    video_results,
-)
+from tpwng.evaluate.baseline_table import nearest_normal_calibration
+from tpwng.evaluate.detection_map import published_fine_grained_map
+from tpwng.evaluate.finegrained import frame_class_probabilities, video_classification_accuracy
+from tpwng.evaluate.scores_file import read_class_probs, read_scores
+from tpwng.evaluate.tables import class_ground_truth, evaluate, video_results
+from tpwng.evaluate.trained_model import load_model
 from tpwng.features.store import FeatureStore, StoreError, StoreWriter
+from tpwng.scoring.inference import score_test_set
 from tpwng.train.loop import train
 
 CLASSES = ["normal", "fighting", "riot"]

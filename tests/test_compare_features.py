@@ -12,10 +12,10 @@ import pytest
 
 from tests.conftest import REPO
 from tpwng.cli import main
+from tpwng.evaluate.feature_parity import compare_features
 from tpwng.features.compare import (
     assign_crops,
     best_offset,
-    compare_features,
     crop_order,
     offset_profile,
 )

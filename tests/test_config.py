@@ -57,3 +57,26 @@ def test_bad_config_gets_the_schema_message(mutate, where):
 def test_unknown_dataset():
     with pytest.raises(ConfigError, match="unknown dataset 'nope'"):
         dataset_settings(load(REPO / "config.yaml"), "nope")
+
+
+def test_typed_settings_take_the_schemas_defaults():
+    """Each default is declared once: the model's (`ModelConfig`, which reads no configuration)
+    equal the schema's field by field, and the pipeline's typed settings take the schema's."""
+    from dataclasses import fields
+
+    from tpwng.config import schema_defaults
+    from tpwng.features.clip_backbone import ClipSpec
+    from tpwng.features.extract import ExtractionSettings
+    from tpwng.model.tpwng import ModelConfig
+    from tpwng.train.loop import TrainSettings
+
+    model = schema_defaults("model")
+    assert {f.name for f in fields(ModelConfig)} == set(model)
+    for f in fields(ModelConfig):
+        assert (f.name, getattr(ModelConfig(), f.name)) == (f.name, model[f.name])
+    for cls, section in ((ClipSpec, "clip"), (ExtractionSettings, "extraction"),
+                         (TrainSettings, "train")):
+        schema = schema_defaults(section)
+        given = {f.name: getattr(cls(), f.name) for f in fields(cls) if f.name in schema}
+        assert given == {k: schema[k] for k in given}, cls.__name__
+    assert ClipSpec.from_config({}) == ClipSpec()

@@ -27,13 +27,14 @@ from tests import faults
 from tpwng.data.datasets import DatasetError, folder_entries, ucf_entries
 from tpwng.data.manifest import make_manifest, read_cuts, read_manifest, read_skipped
 from tpwng.errors import CheckpointError
-from tpwng.evaluate.inference import load_model, score_test_set
-from tpwng.features import video
+from tpwng.evaluate.trained_model import load_model
+from tpwng.features import decode_process
 from tpwng.features.clip_backbone import ClipSpec, ClipWeightsError, load_clip
 from tpwng.features.extract import ExtractionSettings, extract
 from tpwng.features.store import FeatureStore, StoreError, StoreWriter
 from tpwng.features.video import VideoError, probe_video, read_frames
 from tpwng.grid import sample_indices
+from tpwng.scoring.inference import score_test_set
 from tpwng.train.checkpoint import load_checkpoint
 from tpwng.train.loop import train
 
@@ -213,16 +214,16 @@ def test_data_lost_mid_stream_is_caught_at_extraction(good, good_rows, tmp_path,
 @pytest.fixture()
 def faulty_decoder(monkeypatch):
     """Decoding children that hang (holding the GIL) or crash on a chosen request."""
-    video.shutdown_decoder()
-    monkeypatch.setattr(video, "HELPER_COMMAND", faults.FAULTY_DECODER)
+    decode_process.shutdown_decoder()
+    monkeypatch.setattr(decode_process, "HELPER_COMMAND", faults.FAULTY_DECODER)
     monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
     def arm(op: str, name: str, how: str = "hang") -> None:
-        video.shutdown_decoder()
+        decode_process.shutdown_decoder()
         monkeypatch.setenv(faults.HANG_ENV, f"{op}:{name}:{how}")
 
     yield arm
-    video.shutdown_decoder()
+    decode_process.shutdown_decoder()
 
 
 def _children() -> set[int]:

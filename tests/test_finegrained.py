@@ -11,14 +11,16 @@ import torch
 from tests.conftest import REPO
 from tpwng.data.datasets import XD_CODES, DatasetError, parse_xd_annotation, xd_classes_from_name
 from tpwng.errors import CheckpointError
+from tpwng.evaluate.detection_map import (
+    fine_grained_map,
+    published_class_agnostic_map,
+    published_fine_grained_map,
+)
 from tpwng.evaluate.finegrained import (
     curve_proposals,
-    fine_grained_map,
     frame_class_probabilities,
     parse_xd_multiclass_annotation,
     protocol_options,
-    published_class_agnostic_map,
-    published_fine_grained_map,
     video_class_score,
     video_classification_accuracy,
     video_ground_truth,

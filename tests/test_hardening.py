@@ -38,13 +38,14 @@ from tpwng.data.datasets import (
 )
 from tpwng.data.manifest import build_manifest
 from tpwng.evaluate.finegrained import parse_xd_multiclass_annotation
-from tpwng.evaluate.inference import MAX_SCORE_VALUES, read_scores
-from tpwng.evaluate.live import display_source, ffmpeg_url, is_live_source, source_stem
-from tpwng.evaluate.viewer import href, make_server
+from tpwng.evaluate.scores_file import MAX_SCORE_VALUES, read_scores
 from tpwng.features.released import import_released, load_npy, npy_header, released_probe
 from tpwng.features.store import StoreError
 from tpwng.loopback import free_port
 from tpwng.redact import redact_text, redact_url
+from tpwng.scoring.live_source import display_source, ffmpeg_url, is_live_source, source_stem
+from tpwng.scoring.viewer import href
+from tpwng.scoring.viewer_server import make_server
 
 REPO = Path(__file__).resolve().parent.parent
 # case 1's names: a script as a link, a fragment and a query, a percent sign
@@ -563,7 +564,7 @@ def test_case8_plain_numbers_still_parse(tmp_path):
 
 
 def test_case6_the_viewer_module_loads_without_torch_or_h5py():
-    r = subprocess.run([sys.executable, "-c", "import sys, tpwng.evaluate.viewer; "
+    r = subprocess.run([sys.executable, "-c", "import sys, tpwng.scoring.viewer; "
                         "print('torch' in sys.modules, 'h5py' in sys.modules)"],
                        capture_output=True, text=True, timeout=120, cwd=REPO)
     assert r.stdout.split() == ["False", "False"], r.stderr[-2000:]
@@ -587,7 +588,7 @@ def test_case2_json_lines_are_whole_or_absent(tmp_path, monkeypatch):
     line; a partial last line left by an earlier run is dropped before appending."""
     import errno
 
-    from tpwng.evaluate import live
+    from tpwng.scoring import live
 
     path = tmp_path / "cam_live.jsonl"
     path.write_bytes(b'{"a": 1}\n{"b": 2, "cut')

@@ -32,18 +32,15 @@ import torch
 from tests.test_score_video import STRIDE, _train
 from tpwng.bench.videos import long_video
 from tpwng.cli import main
-from tpwng.evaluate.inference import pick_crop, score_features, snippet_class_probs
-from tpwng.evaluate.live import (
-    LiveOptions,
-    display_source,
-    is_live_source,
-    score_live,
-    source_stem,
-)
-from tpwng.evaluate.score_video import ScoreOptions, load_scorer, snippet_features
+from tpwng.evaluate.trained_model import pick_crop
 from tpwng.features.video import probe_video, read_frames
 from tpwng.grid import sample_indices
 from tpwng.loopback import free_port, loopback_server
+from tpwng.scoring.inference import score_features, snippet_class_probs
+from tpwng.scoring.live import score_live
+from tpwng.scoring.live_source import LiveOptions, display_source, is_live_source, source_stem
+from tpwng.scoring.score_video import ScoreOptions, snippet_features
+from tpwng.scoring.scorer import load_scorer
 
 FFMPEG = shutil.which("ffmpeg")
 needs_ffmpeg = pytest.mark.skipif(FFMPEG is None, reason="ffmpeg is not installed (Debian's "

@@ -20,9 +20,10 @@ from tpwng.data.manifest import (
     write_cuts,
     write_manifest,
 )
-from tpwng.evaluate.finegrained import fine_grained_map, frame_class_probabilities
-from tpwng.evaluate.inference import read_class_probs
+from tpwng.evaluate.detection_map import fine_grained_map
+from tpwng.evaluate.finegrained import frame_class_probabilities
 from tpwng.evaluate.metrics import VideoResult
+from tpwng.evaluate.scores_file import read_class_probs
 from tpwng.evaluate.tables import (
     class_ground_truth,
     class_metrics,

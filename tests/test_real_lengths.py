@@ -25,7 +25,7 @@ from tests.conftest import REPO
 from tests.dag import snakemake
 from tpwng.data.datasets import strip_video_extension
 from tpwng.data.manifest import read_cuts, read_manifest
-from tpwng.evaluate.inference import read_scores
+from tpwng.evaluate.scores_file import read_scores
 
 pytestmark = pytest.mark.slow
 

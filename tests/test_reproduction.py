@@ -177,7 +177,7 @@ def _class_curves(n_videos: int = 14, seed: int = 0):
 @pytest.mark.parametrize("protocol", ["ours", "published"])
 def test_detection_resamples_equal_the_fine_grained_map_of_the_drawn_videos(protocol):
     from tpwng.evaluate.detection_bootstrap import map_values, video_detections
-    from tpwng.evaluate.finegrained import fine_grained_map
+    from tpwng.evaluate.detection_map import fine_grained_map
 
     names, probs, gt = _class_curves()
     det = video_detections(probs, gt, names, protocol, "ucf")

@@ -16,7 +16,7 @@ import pytest
 
 from tests import faults
 from tpwng.data.manifest import make_manifest, read_manifest
-from tpwng.features import video
+from tpwng.features import decode_process
 from tpwng.features.clip_backbone import ClipSpec
 from tpwng.features.extract import ExtractionSettings, extract
 from tpwng.features.routing import choose_decoder, inspect_stream
@@ -190,9 +190,9 @@ def test_manifest_and_store_record_each_videos_decoder(numbered, tmp_path):
 
 
 def test_pyav_decoding_runs_under_the_deadline(numbered, tmp_path, monkeypatch):
-    monkeypatch.setattr(video, "HELPER_COMMAND", faults.FAULTY_DECODER)
+    monkeypatch.setattr(decode_process, "HELPER_COMMAND", faults.FAULTY_DECODER)
     monkeypatch.setenv(faults.HANG_ENV, "read:mpeg4_bframes.avi:hang")
-    video.shutdown_decoder()
+    decode_process.shutdown_decoder()
     try:
         t0 = time.monotonic()
         with pytest.raises(VideoError, match="mpeg4_bframes.avi: decoding frames 8-56 did not "
@@ -201,4 +201,4 @@ def test_pyav_decoding_runs_under_the_deadline(numbered, tmp_path, monkeypatch):
                              timeout=2.0, decoder="pyav"))
         assert time.monotonic() - t0 < 30
     finally:
-        video.shutdown_decoder()
+        decode_process.shutdown_decoder()

@@ -11,13 +11,14 @@ import torch
 
 from tpwng.cli import main
 from tpwng.data.manifest import ManifestRow, write_manifest
-from tpwng.evaluate.inference import score_features
 from tpwng.evaluate.metrics import labels_to_intervals
-from tpwng.evaluate.score_video import SnippetStream, load_scorer, score_offline, snippet_features
 from tpwng.features.store import StoreWriter
 from tpwng.features.video import probe_video
 from tpwng.grid import expand_to_frames
 from tpwng.model.tpwng import TPWNG, ModelConfig
+from tpwng.scoring.inference import score_features
+from tpwng.scoring.score_video import SnippetStream, score_offline, snippet_features
+from tpwng.scoring.scorer import load_scorer
 from tpwng.train.loop import train
 
 STRIDE = 8  # many snippets from short videos, so the stream's key window is exercised
@@ -124,7 +125,7 @@ def test_one_video_writes_frame_scores_intervals_and_plot(models, video_dir, off
     assert "carphone_pristine.mp4: 1 anomalous interval(s)" in out
     # the interval's class: the anomaly class of largest mean probability over its snippets,
     # recomputed here through the text tower (scoring uses the checkpoint's saved embeddings)
-    from tpwng.evaluate.inference import load_model
+    from tpwng.evaluate.trained_model import load_model
     from tpwng.features.provenance import recorded_settings
 
     scorer = load_scorer(models["tcsal"], "cpu")

@@ -35,11 +35,13 @@ from tests.test_live import (
 from tests.test_score_video import STRIDE, _train
 from tests.test_viewer import browser  # noqa: F401 - the fixture: headless Chromium
 from tpwng.cli import main
-from tpwng.evaluate.inference import score_features
-from tpwng.evaluate.live import LiveOptions, score_live
-from tpwng.evaluate.score_video import ScoreOptions, load_scorer, snippet_features
 from tpwng.features.video import probe_video
 from tpwng.loopback import free_port
+from tpwng.scoring.inference import score_features
+from tpwng.scoring.live import score_live
+from tpwng.scoring.live_source import LiveOptions
+from tpwng.scoring.score_video import ScoreOptions, snippet_features
+from tpwng.scoring.scorer import load_scorer
 from tpwng.serve import ServeConfigError, load_serve_config
 from tpwng.serve.service import Service
 from tpwng.serve.web import render_metrics, service_server

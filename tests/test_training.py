@@ -10,7 +10,7 @@ import torch
 from tpwng.data.manifest import ManifestRow, write_manifest
 from tpwng.data.sequences import cap_length, epoch_batches, pad_batch, snippet_truth
 from tpwng.errors import CheckpointError
-from tpwng.evaluate.inference import load_model
+from tpwng.evaluate.trained_model import load_model
 from tpwng.features.store import StoreError, StoreWriter
 from tpwng.train.checkpoint import load_checkpoint
 from tpwng.train.loop import epoch_items, load_train_videos, read_log, train, write_log

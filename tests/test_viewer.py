@@ -26,17 +26,11 @@ from tests.test_score_video import _train
 from tpwng.cli import main
 from tpwng.data.manifest import ManifestRow, write_manifest
 from tpwng.evaluate.metrics import labels_to_intervals
-from tpwng.evaluate.viewer import (
-    decode_values,
-    encode_values,
-    make_server,
-    playability,
-    transcode,
-    video_stats,
-)
 from tpwng.features.store import h5_create
 from tpwng.features.video import probe_video
 from tpwng.grid import expand_to_frames
+from tpwng.scoring.viewer import decode_values, encode_values, playability, transcode, video_stats
+from tpwng.scoring.viewer_server import make_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -89,7 +83,8 @@ def videos(tmp_path_factory, sample_videos) -> Path:
 def scored(tmp_path_factory, videos) -> dict:
     """A folder scored by a tiny trained model with --html, at a threshold that gives bikes.mp4
     at least two detected intervals."""
-    from tpwng.evaluate.score_video import load_scorer, score_offline
+    from tpwng.scoring.score_video import score_offline
+    from tpwng.scoring.scorer import load_scorer
 
     d = tmp_path_factory.mktemp("viewer-scored")
     model = _train(d, "tcsal", {"span_scale": 3, "R": 2})
@@ -111,7 +106,7 @@ def scored(tmp_path_factory, videos) -> dict:
 def _write_scores(path: Path, scores: dict[str, np.ndarray], frames: dict[str, int],
                   probs: dict[str, np.ndarray] | None = None,
                   classes: list[str] | None = None) -> None:
-    """A scores file laid out as `tpwng.evaluate.inference.score_test_set` writes it."""
+    """A scores file laid out as `tpwng.scoring.inference.score_test_set` writes it."""
     with h5_create(path) as f:
         f.attrs.update(dataset="toy", model="models/toy/tpwng.pt", weights="random-init:seed=0",
                        stride=TEST_STRIDE, test_crop=0, order="\n".join(scores))

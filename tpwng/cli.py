@@ -44,15 +44,15 @@ def cmd_synth(a: argparse.Namespace) -> None:
     from tpwng.data.synthetic import SyntheticSpec, generate
 
     s = _settings(a.settings)
-    generate(Path(a.out), SyntheticSpec(**s.get("synthetic", {})), jobs=a.jobs)
+    generate(Path(a.out), SyntheticSpec(**s["synthetic"]), jobs=a.jobs)
 
 
 def cmd_manifest(a: argparse.Namespace) -> None:
     from tpwng.data.manifest import make_manifest
 
     s = _settings(a.settings)
-    released = s["extraction"].get("source") == "released"
-    if not s.get("root") and not released:
+    released = s["extraction"]["source"] == "released"
+    if not s["root"] and not released:
         raise UserError(
             f"dataset {s['name']!r} has no root: set datasets.{s['name']}.root in config.yaml "
             f"or pass --config {s['name']}_root=DIR"
@@ -111,7 +111,7 @@ def cmd_import(a: argparse.Namespace) -> None:
 
 
 def cmd_compare_features(a: argparse.Namespace) -> None:
-    from tpwng.features.compare import compare_features
+    from tpwng.evaluate.feature_parity import compare_features
 
     r = compare_features(a.ours, a.released_dir, a.out, a.crop_ours, a.max_offset)
     c = r["cosine"]
@@ -133,7 +133,7 @@ def cmd_train(a: argparse.Namespace) -> None:
 
 
 def cmd_infer(a: argparse.Namespace) -> None:
-    from tpwng.evaluate.inference import score_test_set
+    from tpwng.scoring.inference import score_test_set
 
     score_test_set(_settings(a.settings, a.threads), Path(a.manifest), Path(a.features),
                    Path(a.model), Path(a.out))
@@ -142,12 +142,13 @@ def cmd_infer(a: argparse.Namespace) -> None:
 def cmd_evaluate(a: argparse.Namespace) -> None:
     from tpwng.evaluate.tables import evaluate
 
-    evaluate(_settings(a.settings), Path(a.manifest), Path(a.scores), Path(a.model),
-             a.out_prefix, Path(a.annotation_cuts) if a.annotation_cuts else None)
+    evaluate(_settings(a.settings), Path(a.manifest), Path(a.scores),
+             Path(a.model) if a.model else None, a.out_prefix,
+             Path(a.annotation_cuts) if a.annotation_cuts else None)
 
 
 def cmd_baselines(a: argparse.Namespace) -> None:
-    from tpwng.evaluate.tables import baselines_report
+    from tpwng.evaluate.baseline_table import baselines_report
 
     baselines_report(_settings(a.settings), Path(a.manifest), Path(a.features), Path(a.scores),
                      Path(a.out))
@@ -184,8 +185,8 @@ def cmd_reproduction(a: argparse.Namespace) -> None:
 
 
 def cmd_score(a: argparse.Namespace) -> None:
-    from tpwng.evaluate.live import is_live_source
-    from tpwng.evaluate.score_video import ScoreOptions, score_paths
+    from tpwng.scoring.live_source import is_live_source
+    from tpwng.scoring.score_video import ScoreOptions, score_paths
 
     if not 0.0 <= a.threshold <= 1.0 or a.min_length < 0:
         raise UserError("--threshold must be in [0, 1] and --min-length >= 0")
@@ -227,15 +228,15 @@ def cmd_score(a: argparse.Namespace) -> None:
 
 def _score_live(a: argparse.Namespace, opts) -> None:
     """`tpwng score URL_OR_DEVICE --stream`: score a live source as it arrives."""
-    from tpwng.evaluate.live import (
+    from tpwng.scoring.live import score_live
+    from tpwng.scoring.live_source import (
         DEFAULT_RECONNECT,
         DEFAULT_TIMEOUT,
         Interrupted,
         LiveOptions,
         display_source,
-        score_live,
     )
-    from tpwng.evaluate.score_video import load_scorer
+    from tpwng.scoring.scorer import load_scorer
 
     name = display_source(a.target)
     if not a.stream:
@@ -283,13 +284,13 @@ def cmd_serve(a: argparse.Namespace) -> None:
 
 
 def cmd_view(a: argparse.Namespace) -> None:
-    from tpwng.evaluate import viewer
+    from tpwng.scoring import viewer, viewer_server
 
     if a.serve:
         if not Path(a.serve).is_dir():
             raise UserError(f"--serve {a.serve}: no such folder")
         try:
-            viewer.serve(Path(a.serve), a.port, a.bind)
+            viewer_server.serve(Path(a.serve), a.port, a.bind)
         except OSError as exc:  # a busy port, a privileged one, an address not of this host
             raise UserError(f"--bind {a.bind} --port {a.port}: cannot serve there "
                             f"({exc.strerror or exc})") from None
@@ -352,7 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("infer", cmd_infer, "score every test video", settings, manifest, ("--features", req),
         ("--model", req), ("--out", req), threads)
     add("evaluate", cmd_evaluate, "metric tables and plots", settings, manifest,
-        ("--scores", req), ("--model", req), ("--out-prefix", req),
+        ("--scores", req),
+        ("--model", {"help": "the checkpoint that wrote --scores, checked when given (the "
+                             "model's record is read from the scores file)"}),
+        ("--out-prefix", req),
         ("--annotation-cuts", {"help": "the manifest's annotation_cuts.tsv: annotation ends as "
                                        "written for the published fine-grained mAP"}))
     add("baselines", cmd_baselines, "nearest-normal and top-k MIL baselines beside TPWNG",
@@ -426,7 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("serve", cmd_serve, "score many live sources in one process: alerts, a live page, "
         "/metrics",
         ("sources", {"metavar": "SOURCES.yaml",
-                     "help": "the sources, alert receivers and settings (README: Many cameras)"}),
+                     "help": "the sources, alert receivers and settings (docs/own-videos.md: "
+                             "Many cameras)"}),
         ("--model", {"required": True, "help": "a trained checkpoint (causal TCSAL)"}),
         ("--out", {"default": "serve", "help": "output folder (default: serve)"}),
         ("--device", {"default": "auto", "help": "auto, cpu, cuda, cuda:1, ..."}),

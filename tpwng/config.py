@@ -25,6 +25,16 @@ def _schema() -> dict:
         return yaml.safe_load(f)
 
 
+def schema_defaults(section: str) -> dict:
+    """The schema's default of every key of a top-level section that declares one: the one
+    place a setting's default is written (typed settings take their field defaults from here)."""
+    props = _schema()["properties"][section]
+    if "$ref" in props:
+        props = _schema()["definitions"][props["$ref"].rsplit("/", 1)[-1]]
+    return {k: copy.deepcopy(v["default"]) for k, v in props["properties"].items()
+            if "default" in v}
+
+
 def _with_defaults(validator_cls):
     validate_props = validator_cls.VALIDATORS["properties"]
 

@@ -37,25 +37,58 @@ def decode_rate(rows, settings: ExtractionSettings, workers: int,
                 budget_s: float = math.inf) -> dict:
     """Video frames/s of extraction's decoding alone (the sampled frames, through its decoding
     processes: `workers` of them, 0 = this process's), stopped after `budget_s`; a video
-    counts the frames of the snippets decoded so far."""
+    counts the frames of the snippets decoded so far.
+
+    Also the start-up (from the loader's creation to the first chunk: the processes starting,
+    importing and opening their first videos) and the steady rate after it, so that a rate
+    held down by start-up within a short budget shows as such. The steady rate counts
+    ``stride`` frames per snippet (the generated videos have no partial snippet)."""
     from torch.utils.data import DataLoader
 
     from tpwng.features.extract import DecodeStream, plan_jobs
 
     jobs = plan_jobs(rows, settings)
-    loader = DataLoader(DecodeStream(jobs, settings.decode_chunk), batch_size=None,
-                        num_workers=workers, prefetch_factor=4 if workers else None)
+    loader = DataLoader(DecodeStream(jobs, settings.decode_chunk, settings.decode_timeout),
+                        batch_size=None, num_workers=workers,
+                        prefetch_factor=4 if workers else None)
     seen = [0] * len(jobs)
     t0 = time.perf_counter()
+    first, after_first = None, 0
     batches = iter(loader)
     for j, _, frames in batches:
         seen[j] += len(frames)
+        if first is None:
+            first = time.perf_counter()
+        else:
+            after_first += len(frames)
         if time.perf_counter() - t0 > budget_s:
             break
-    seconds = time.perf_counter() - t0
+    end = time.perf_counter()
     del batches  # stops the workers
     frames = sum(min(n * settings.stride, job.frames) for n, job in zip(seen, jobs, strict=True))
-    return {"fps": frames / seconds, "frames": frames, "seconds": seconds}
+    steady_s = end - first if first is not None else 0.0
+    return {"fps": frames / (end - t0), "frames": frames, "seconds": end - t0,
+            "startup_s": (first if first is not None else end) - t0,
+            "steady_fps": after_first * settings.stride / steady_s if steady_s > 0 else 0.0}
+
+
+def physical_cores() -> int | None:
+    """Cores (not hardware threads) this process may run on, from sysfs; None where unknown."""
+    import os
+
+    try:
+        cpus = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        return None
+    cores = set()
+    for cpu in cpus:
+        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(((topo / "physical_package_id").read_text().strip(),
+                       (topo / "core_id").read_text().strip()))
+        except OSError:
+            return None
+    return len(cores)
 
 
 def encode_only(encoder: ImageEncoder, settings: ExtractionSettings, seconds: float = 5.0) -> float:
@@ -180,3 +213,26 @@ def run_extract(a: argparse.Namespace) -> None:
     out = Path(a.out or f"benchmarks/extract-{host()}-{a.crop_mode}.json")
     bench_extract(given_or_generated(a), clip_spec(a), settings, out,
                   baseline=not a.no_baseline)
+
+
+def stored_vs_direct(store: Path, row, clip_model, settings) -> float:
+    """Least cosine between the features `extract` stored for the video of `row` and those of
+    the same frames encoded at once by one encoder on the default stream: the pipelined lanes
+    (upload, preprocessing, encoding and copies back on their own streams) must compute the
+    same thing. Batch sizes differ between the two, so reduced-precision results agree to
+    rounding only."""
+    import torch
+
+    from tpwng.features.extract import ImageEncoder, plan_jobs, precision_check_frames
+    from tpwng.features.store import FeatureStore
+
+    job = plan_jobs([row], settings)[0]
+    with FeatureStore(store) as fs:
+        stored = torch.from_numpy(fs.get(job.video_id)[: len(job.indices)]).float()
+    encoder = ImageEncoder(clip_model, settings, copy_tower=True)
+    frames = precision_check_frames(job, settings)  # the first frames the video samples
+    direct = encoder.encode(encoder.prepare(frames))
+    n = len(direct)
+    cos = torch.nn.functional.cosine_similarity(stored[:n].flatten(0, 1),
+                                                direct.flatten(0, 1).float(), dim=-1)
+    return float(cos.min())

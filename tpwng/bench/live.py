@@ -1,4 +1,4 @@
-"""`tpwng bench live`: the per-snippet latency of live scoring (`tpwng.evaluate.live`).
+"""`tpwng bench live`: the per-snippet latency of live scoring (`tpwng.scoring.live`).
 
 A video served in real time over loopback HTTP by ffmpeg (without ffmpeg: the file read
 through PyAV at its frame rate), scored with the demo model on the tiny CLIP and on the chosen
@@ -40,10 +40,10 @@ def live_scorer(spec: ClipSpec, stride: int = 16, classes: list[str] = LIVE_CLAS
     the image tower of ``spec``: what a trained checkpoint costs to run, not what it scores."""
     import torch
 
-    from tpwng.evaluate.score_video import Scorer
     from tpwng.features.clip_backbone import load_clip
     from tpwng.features.extract import ExtractionSettings, ImageEncoder
     from tpwng.model.tpwng import TPWNG, ModelConfig
+    from tpwng.scoring.scorer import Scorer
 
     clip_model, identity = load_clip(spec)
     torch.manual_seed(0)
@@ -61,8 +61,9 @@ def _live_run(scorer, video: Path, ffmpeg: str | None) -> tuple[list[float], flo
     """Per-snippet latencies of one live run of ``video`` and its wall time."""
     import tempfile
 
-    from tpwng.evaluate.live import LiveOptions, score_live
-    from tpwng.evaluate.score_video import ScoreOptions
+    from tpwng.scoring.live import score_live
+    from tpwng.scoring.live_source import LiveOptions
+    from tpwng.scoring.score_video import ScoreOptions
 
     lines: list[str] = []
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
@@ -87,8 +88,8 @@ def bench_live(video: Path, specs: list[ClipSpec], out: Path | None, stride: int
 
     import numpy as np
 
-    from tpwng.evaluate.live import scoring_threads
     from tpwng.features.video import probe_video
+    from tpwng.scoring.live import scoring_threads
 
     info = probe_video(video)
     ffmpeg = shutil.which("ffmpeg")

@@ -100,7 +100,7 @@ def bench_serve(spec: ClipSpec, ks: list[int], seconds: float, workdir: Path,
     import platform
 
     from tpwng.bench.live import live_scorer
-    from tpwng.evaluate.live import scoring_threads
+    from tpwng.scoring.live import scoring_threads
 
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:

@@ -30,7 +30,7 @@ from tpwng.data.datasets import (
     read_lines,
 )
 from tpwng.features.store import StoreError
-from tpwng.features.video import DECODE_TIMEOUT, VideoError, VideoInfo, check_decodable, probe_video
+from tpwng.features.video import VideoError, VideoInfo, check_decodable, probe_video
 from tpwng.files import write_lines, write_table
 
 log = logging.getLogger(__name__)
@@ -195,10 +195,8 @@ def build_manifest(
 
 def annotation_tolerance(settings: dict) -> int:
     """Frames an annotated interval may end past its video's end: the setting, else the stride."""
-    value = settings.get("annotation_tolerance")
-    if value is None:
-        value = int((settings.get("extraction") or {}).get("stride", 16))
-    return int(value)
+    value = settings["annotation_tolerance"]
+    return int(settings["extraction"]["stride"] if value is None else value)
 
 
 def make_manifest(settings: dict, out: str | os.PathLike[str],
@@ -217,33 +215,32 @@ def make_manifest(settings: dict, out: str | os.PathLike[str],
     (``extraction.source: released``) stand in for the videos: a video's frame count is 16 x
     its snippets, and the dataset root defaults to ``extraction.released_dir``.
     """
-    ex = settings.get("extraction") or {}
-    released = ex.get("source", "extract") == "released"
-    action = ex.get("on_bad_video", "error")
+    ex = settings["extraction"]
+    released = ex["source"] == "released"
+    action = ex["on_bad_video"]
     skip = action == "skip"
-    root = settings.get("root") or (ex.get("released_dir") if released else None)
+    root = settings["root"] or (ex["released_dir"] if released else None)
     if not root:
         raise DatasetError(f"dataset {settings.get('name')!r} has no root: set "
                            f"datasets.{settings.get('name')}.root")
     entries = entries_for(settings["format"], Path(root), require_files=not released,
                           missing_ok=skip)
-    timeout = float(ex.get("decode_timeout", DECODE_TIMEOUT))
+    timeout = float(ex["decode_timeout"])
     check = None
     if released:
         from tpwng.features.released import released_probe
 
         probe = released_probe(settings)
     else:
-        setting = ex.get("decoder", "auto")
+        setting = ex["decoder"]
 
         def probe(path: str) -> VideoInfo:
             return probe_video(path, timeout=timeout, decoder_setting=setting)
 
         if skip:
             def check(path: str, info: VideoInfo) -> None:
-                check_decodable(path, info.frames, int(ex.get("stride", 16)),
-                                ex.get("sample", "center"), int(ex.get("decode_chunk", 32)),
-                                timeout, info.decoder)
+                check_decodable(path, info.frames, int(ex["stride"]), ex["sample"],
+                                int(ex["decode_chunk"]), timeout, info.decoder)
     skipped: list[SkippedVideo] = []
     cuts: list[AnnotationCut] = []
     tolerance = annotation_tolerance(settings)

@@ -7,7 +7,7 @@ proposals then occurs ``c_v`` times in a row of the ranking, and the ``c_v`` cop
 positive contribute ``Σ_{j=1..c} (TP + j) / (N + j) = c - (N - TP) (ψ(N + c + 1) - ψ(N + 1))``
 to the sum of precisions (``TP`` and ``N``: true positives and proposals ranked before it; ψ
 the digamma function), so each class's AP is one cumulative sum per resample. Equal to
-`tpwng.evaluate.finegrained.fine_grained_map` on the drawn videos wherever no two proposals of
+`tpwng.evaluate.detection_map.fine_grained_map` on the drawn videos wherever no two proposals of
 different videos share a score (a test holds this).
 """
 

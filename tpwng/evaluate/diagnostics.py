@@ -11,8 +11,8 @@ import torch
 from tpwng.data.datasets import load_interval_file
 from tpwng.data.manifest import read_manifest
 from tpwng.data.sequences import cap_length, pad_batch
-from tpwng.evaluate.inference import load_model, pick_crop
 from tpwng.evaluate.plots import plot_pseudo_labels, plot_similarities, plot_training_log
+from tpwng.evaluate.trained_model import load_model, pick_crop
 from tpwng.features.store import FeatureStore
 from tpwng.grid import expand_to_frames, frame_labels, snippet_fractions
 from tpwng.train.loop import read_log

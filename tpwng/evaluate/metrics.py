@@ -218,7 +218,7 @@ def detection_map(
 
     Our own protocol (thresholded segments, VOC AP), reported as ``class_agnostic_detection``
     by `metrics_table`; the published fine-grained protocol is
-    `tpwng.evaluate.finegrained.published_fine_grained_map`.
+    `tpwng.evaluate.detection_map.published_fine_grained_map`.
 
     Predictions are :func:`score_segments` of every video, ranked by mean score (ties keep list
     and temporal order). At IoU ``t`` a prediction is a true positive when it matches a not yet

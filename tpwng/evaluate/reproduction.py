@@ -142,9 +142,9 @@ def reproduction_table(
     ``detections`` the fine-grained detections of the seed-mean class probabilities by metric
     name (`seed_mean_detections`), bootstrapped on the same resamples as the frame metrics.
     """
-    opts = settings.get("reproduction") or {}
-    resamples, level = int(opts.get("resamples", 1000)), float(opts.get("level", 0.95))
-    boot_seed = int(opts.get("seed", 0))
+    opts = settings["reproduction"]
+    resamples, level = int(opts["resamples"]), float(opts["level"])
+    boot_seed = int(opts["seed"])
     threshold = float(settings["evaluate"]["threshold"])
     per_seed = seed_rows(records)
     summary = summary_rows(per_seed)
@@ -279,7 +279,7 @@ def seed_mean_detections(settings: dict, manifest: Path, scores: Sequence[Path],
     scripts' (whose annotation ends as written come from ``cuts``), by metric name."""
     from tpwng.data.manifest import read_manifest
     from tpwng.evaluate.finegrained import frame_class_probabilities
-    from tpwng.evaluate.inference import read_class_probs, read_stride
+    from tpwng.evaluate.scores_file import read_class_probs, read_stride
     from tpwng.evaluate.tables import class_ground_truth, written_intervals
 
     per_seed = [read_class_probs(Path(s)) for s in scores]
@@ -315,7 +315,7 @@ def build_reproduction(settings: dict, manifest: Path, seeds: Sequence[int],
         raise ResultsError(f"{len(seeds)} seeds {list(seeds)} but {len(scores)} scores "
                            "files")
     records = read_seed_metrics(metrics, seeds)
-    convention = settings["evaluate"].get("frames", "video")
+    convention = settings["evaluate"]["frames"]
     seed_videos = [video_results(manifest, Path(s), convention) for s in scores]
     videos = seed_mean_videos(seed_videos)
     detections = seed_mean_detections(settings, manifest, scores, videos, cuts)

@@ -1,44 +1,41 @@
-"""Metric tables and plots from a scores file and the manifest's ground truth, and the
-table of reference detectors beside TPWNG (`baselines`)."""
+"""The evaluate stage: metric tables and plots from a scores file and the manifest's ground
+truth (the reference detectors' table is `tpwng.evaluate.baseline_table`)."""
 
 from __future__ import annotations
 
 import logging
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from tpwng import RESOURCES, __version__
 from tpwng.data.datasets import NORMAL, Interval
 from tpwng.data.manifest import ManifestRow, read_cuts, read_manifest
-from tpwng.evaluate.baselines import MilSettings, nearest_normal_distance, topk_mil_ranking
+from tpwng.evaluate.detection_map import fine_grained_maps
 from tpwng.evaluate.finegrained import (
     DEFAULT_IOUS,
     NORMAL_QUIRK_FORMATS,
-    fine_grained_maps,
     frame_class_probabilities,
     parse_xd_multiclass_annotation,
     video_classification_accuracy,
     video_ground_truth,
 )
-from tpwng.evaluate.inference import pick_crop, read_class_probs, read_scores, read_stride
 from tpwng.evaluate.metrics import (
     VideoResult,
-    anomalous_only_auc,
-    false_alarm_rate,
-    frame_ap,
-    frame_auc,
     metrics_table,
 )
-from tpwng.evaluate.plots import plot_roc_pr, plot_score_curves, spread
-from tpwng.features.provenance import expected_store_provenance, store_source
-from tpwng.features.store import FeatureStore
+from tpwng.evaluate.plots import plot_roc_pr, plot_score_curves
+from tpwng.evaluate.scores_file import (
+    check_scored_by,
+    read_class_probs,
+    read_model_record,
+    read_scores,
+    read_stride,
+)
 from tpwng.files import write_json, write_table
-from tpwng.grid import expand_to_frames, frame_labels, whole_snippet_frames
-from tpwng.train.checkpoint import load_checkpoint
+from tpwng.grid import frame_labels, whole_snippet_frames
 
 log = logging.getLogger(__name__)
 
@@ -227,29 +224,33 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def evaluate(settings: dict, manifest: Path, scores: Path, model: Path, prefix: str,
+def evaluate(settings: dict, manifest: Path, scores: Path, model: Path | None, prefix: str,
              cuts: Path | None = None) -> dict:
     """Write ``PREFIX_metrics.{json,tsv}``, ``PREFIX_auc.json``, ``PREFIX_ap.json`` and the
-    score plots; ``cuts`` is the manifest's ``annotation_cuts.tsv`` (`class_metrics`)."""
-    convention = settings["evaluate"].get("frames", "video")
+    score plots; ``cuts`` is the manifest's ``annotation_cuts.tsv`` (`class_metrics`). The
+    model's record comes from the scores file; ``model``, when given, must be the checkpoint
+    that wrote it (`tpwng.evaluate.scores_file.check_scored_by`)."""
+    scored_by = read_model_record(scores)
+    if model is not None:
+        check_scored_by(scores, model)
+    convention = settings["evaluate"]["frames"]
     videos = video_results(manifest, scores, convention)
     threshold = float(settings["evaluate"]["threshold"])
     table = metrics_table(videos, threshold=threshold)
     rows = read_manifest(manifest)
     table |= class_metrics(videos, {r.video_id: r for r in rows if r.split == "test"}, scores,
                            settings["format"], cuts)
-    meta = load_checkpoint(model)["meta"]
     record = {
         "dataset": settings["name"],
         "split_sizes": {s: sum(r.split == s for r in rows) for s in ("train", "test")},
-        "settings_hash": meta["settings_hash"],  # of the settings the model was trained with
+        "settings_hash": scored_by["settings_hash"],  # of the settings the model was trained with
         "git_commit": git_commit(),
-        "clip_weights": meta["clip"]["weights"],
-        "random_init_clip": bool(meta["clip"]["random_init"]),
-        "clip_model": meta["clip"]["model"],
-        "features_source": store_source(meta["store"]),
-        "epochs": meta["epochs"],
-        "seed": meta["seed"],
+        "clip_weights": scored_by["clip_weights"],
+        "random_init_clip": scored_by["random_init_clip"],
+        "clip_model": scored_by["clip_model"],
+        "features_source": scored_by["features_source"],
+        "epochs": scored_by["epochs"],
+        "seed": scored_by["seed"],
         "tpwng_version": __version__,
         "frame_convention": convention,
         "frames_evaluated": int(sum(v.frame_scores.size for v in videos)),
@@ -272,121 +273,3 @@ def evaluate(settings: dict, manifest: Path, scores: Path, model: Path, prefix: 
     log.info("%s: frame AUC %.4f, AP %.4f", settings["name"], table["frame_auc"],
              table["frame_ap"])
     return full
-
-
-# --------------------------------------------------------------------------- baselines
-
-BASELINE_SCORES = {
-    "nearest_normal": "distance to the nearest normal training snippet (false alarms: "
-                      "logistic calibration on the training videos' labels)",
-    "topk_mil": "snippet MLP trained with the top-k MIL ranking hinge",
-    "tpwng": "TPWNG anomaly score (scores.h5)",
-}
-CALIBRATION_VIDEOS = 32  # at most this many normal and anomalous training videos calibrate
-
-
-def nearest_normal_calibration(
-    train: Sequence[np.ndarray], labels: Sequence[int], max_videos: int = CALIBRATION_VIDEOS,
-    k_divisor: int = 16,
-) -> Callable[[np.ndarray], np.ndarray] | None:
-    """A map of nearest-normal distances to [0, 1] fitted on the training videos' weak labels,
-    so that the false-alarm threshold means for the distance what it means for a probability.
-
-    Each of up to ``max_videos`` normal training videos is scored against the normal videos
-    other than itself (leave one video out), each of up to ``max_videos`` anomalous ones
-    against all normal videos; a video's score is the mean of its top ``max(1, T // 16)``
-    snippet distances (MIL's video score). A class-balanced logistic regression of the video
-    label on that score gives ``s(d) = σ(a·d + b)``. None with fewer than two normal or no
-    anomalous training videos.
-    """
-    from scipy.special import expit
-    from sklearn.linear_model import LogisticRegression
-
-    labels = np.asarray(labels)
-    normal, anomalous = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
-    if len(normal) < 2 or len(anomalous) == 0:
-        return None
-    held = [int(normal[i]) for i in spread(len(normal), max_videos)]
-    picked = [int(anomalous[i]) for i in spread(len(anomalous), max_videos)]
-    distances = [nearest_normal_distance([train[j] for j in normal if j != i],
-                                         [0] * (len(normal) - 1), [train[i]])[0] for i in held]
-    distances += nearest_normal_distance([train[j] for j in normal], [0] * len(normal),
-                                         [train[i] for i in picked])
-
-    def video_score(d: np.ndarray) -> float:
-        return float(np.sort(d)[::-1][: max(1, d.size // k_divisor)].mean())
-
-    x = np.array([video_score(d) for d in distances])
-    y = np.array([0] * len(held) + [1] * len(picked))
-    mean, std = x.mean(), max(x.std(), 1e-12)
-    fit = LogisticRegression(class_weight="balanced").fit(((x - mean) / std)[:, None], y)
-    a = float(fit.coef_[0, 0]) / std
-    b = float(fit.intercept_[0]) - a * mean
-    log.info("nearest-normal calibration on %d + %d training videos: s(d) = sigmoid(%.4g d "
-             "%+.4g)", len(held), len(picked), a, b)
-    return lambda d: expit(a * np.asarray(d, dtype=np.float64) + b)
-
-
-def _as_videos(truth: Sequence[VideoResult], snippet_scores: Sequence[np.ndarray],
-               stride: int) -> list[VideoResult]:
-    """Another method's snippet scores on TPWNG's test videos, frames and ground truth (each
-    snippet's score over its stride, cut or padded to the evaluated frames)."""
-    return [VideoResult(t.video_id, t.classes, expand_to_frames(s, t.n_frames, stride),
-                        t.frame_labels) for t, s in zip(truth, snippet_scores, strict=True)]
-
-
-def _frame_metrics(videos: Sequence[VideoResult], alarms: Sequence[VideoResult] | None,
-                   threshold: float) -> dict:
-    return {"frame_auc": frame_auc(videos), "frame_ap": frame_ap(videos),
-            "anomalous_auc": anomalous_only_auc(videos),
-            "false_alarm_rate": (None if alarms is None
-                                 else false_alarm_rate(alarms, threshold))}
-
-
-def baselines_report(settings: dict, manifest: Path, features: Path, scores: Path, out: Path,
-                     mil: MilSettings | None = None) -> pd.DataFrame:
-    """Nearest-normal distance and top-k MIL ranking beside TPWNG, one row per method.
-
-    Both detectors read the same store as TPWNG (crop ``train.test_crop``, or the only one),
-    learn from the training videos' labels, and score the test videos of ``scores`` (TPWNG's),
-    in its order, on the frames ``evaluate.frames`` asks for. Frame AUC, AP, AUC on anomalous
-    videos and false-alarm rate (frames of normal videos scored ``>= evaluate.threshold``) are
-    those of `tpwng.evaluate.metrics.metrics_table`; the TPWNG row equals the metrics table's. The
-    nearest-normal distance is unbounded: its false alarms are counted on the calibrated score
-    of `nearest_normal_calibration` (a monotone map, so AUC and AP are the distance's).
-    """
-    import torch
-
-    convention = settings["evaluate"].get("frames", "video")
-    threshold = float(settings["evaluate"]["threshold"])
-    crop = int(settings["train"]["test_crop"])
-    torch.set_num_threads(int(settings["train"].get("threads", 2)))
-    truth = video_results(manifest, scores, convention)
-    stride = read_stride(scores)
-    train_rows = [r for r in read_manifest(manifest) if r.split == "train"]
-    with FeatureStore(features) as store:
-        store.check_compatible(expected_store_provenance(settings))
-        train = [pick_crop(store.get(r.video_id), crop) for r in train_rows]
-        test = [pick_crop(store.get(v.video_id), crop) for v in truth]
-    labels = [int(r.label != NORMAL) for r in train_rows]
-
-    distance = _as_videos(truth, nearest_normal_distance(train, labels, test), stride)
-    calibrate = nearest_normal_calibration(train, labels)
-    alarms = None if calibrate is None else [
-        VideoResult(v.video_id, v.classes, calibrate(v.frame_scores), v.frame_labels)
-        for v in distance]
-    mil_videos = _as_videos(truth, topk_mil_ranking(train, labels, test, mil or MilSettings()),
-                            stride)
-    rows = {"nearest_normal": _frame_metrics(distance, alarms, threshold),
-            "topk_mil": _frame_metrics(mil_videos, mil_videos, threshold),
-            "tpwng": _frame_metrics(truth, truth, threshold)}
-    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("method").reset_index()
-    table = table.assign(threshold=threshold, frame_convention=convention,
-                         videos=len(truth), frames=int(sum(v.n_frames for v in truth)),
-                         train_videos=len(train_rows),
-                         score=[BASELINE_SCORES[m] for m in table["method"]])
-    write_table(out, table)
-    for r in table.itertuples():
-        log.info("%s: %s frame AUC %.4f, AP %.4f", settings["name"], r.method, r.frame_auc,
-                 r.frame_ap)
-    return table

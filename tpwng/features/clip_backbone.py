@@ -19,11 +19,13 @@ import open_clip
 import torch
 
 from tpwng import RESOURCES
+from tpwng.config import schema_defaults
 
 _CONFIG_DIR = RESOURCES / "model_configs"
 open_clip.add_model_config(_CONFIG_DIR)
 
 PRETRAINED_KEY = "clip.pretrained"
+_DEFAULTS = schema_defaults("clip")
 
 
 class ClipWeightsError(RuntimeError):
@@ -32,21 +34,19 @@ class ClipWeightsError(RuntimeError):
 
 @dataclass(frozen=True)
 class ClipSpec:
-    """What the config says about CLIP."""
+    """What the config says about CLIP (defaults: the config schema's)."""
 
-    model: str = "ViT-B-16"
-    pretrained: str = "openai"
-    seed: int = 0  # used for random initialisation only
-    quick_gelu: bool = True  # OpenAI's CLIP weights were trained with QuickGELU
+    model: str = _DEFAULTS["model"]
+    pretrained: str = _DEFAULTS["pretrained"]
+    seed: int = _DEFAULTS["seed"]  # used for random initialisation only
+    quick_gelu: bool = _DEFAULTS["quick_gelu"]  # OpenAI's CLIP weights need QuickGELU
 
     @classmethod
     def from_config(cls, cfg: dict) -> ClipSpec:
-        return cls(
-            model=str(cfg.get("model", "ViT-B-16")),
-            pretrained=str(cfg.get("pretrained", "openai")),
-            seed=int(cfg.get("seed", 0)),
-            quick_gelu=bool(cfg.get("quick_gelu", True)),
-        )
+        """The ``clip`` settings, or a checkpoint's record of them (older ones lack keys)."""
+        given = _DEFAULTS | cfg
+        return cls(model=str(given["model"]), pretrained=str(given["pretrained"]),
+                   seed=int(given["seed"]), quick_gelu=bool(given["quick_gelu"]))
 
     @property
     def random_init(self) -> bool:

@@ -6,16 +6,16 @@ means *our snippet t + k is released snippet t*. At that offset every crop of ou
 against every released crop (cosine averaged over the aligned snippets), and the sums over all
 videos give one crop x crop matrix; its best one-to-one assignment shows a permuted crop order.
 Per-dimension means and standard deviations of the matched crop pairs show scale differences.
-The findings become one verdict line, a per-video TSV, a JSON summary and a PNG.
+The findings become one verdict line (`summarise`).
 
-The pure functions work on arrays; :func:`compare_features` reads the files and writes outputs.
-Bad input is one :class:`StoreError` naming the file or value, raised before anything is written.
+The pure functions work on arrays; `store_crop_ids` and `load_released` read the inputs, raising
+one :class:`StoreError` naming the file or value. The report (a per-video TSV, a JSON summary and
+a PNG) is `tpwng.evaluate.feature_parity.compare_features`.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from tpwng.features.released import index_npy
 from tpwng.features.store import FeatureStore, StoreError
 
 MAX_OFFSET = 8  # snippets searched either way
@@ -35,7 +34,7 @@ PERMUTATION_GAIN = 0.01  # the assignment must beat the identity by this mean co
 NORM_TOLERANCE = 0.05  # |norm ratio - 1| above: a scale finding
 STD_TOLERANCE = 0.1  # |median std ratio - 1| above: a scale finding
 STRIDE_TOLERANCE = 0.1  # |median snippet-count ratio - 1| above: a stride finding
-_EPS = 1e-12
+EPS = 1e-12  # floor of norms and standard deviations
 
 
 # ---------------------------------------------------------------------------- pure functions
@@ -43,7 +42,7 @@ _EPS = 1e-12
 def unit(x: np.ndarray) -> np.ndarray:
     """Vectors along the last axis scaled to length 1 (zero vectors stay zero)."""
     x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), _EPS)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), EPS)
 
 
 def overlap(n_ours: int, n_released: int, k: int) -> tuple[int, int]:
@@ -150,8 +149,8 @@ class Totals:
         t = len(ours)
         self.cos[gi, gj] += cell_sums
         self.n[gi, gj] += t
-        log_o = np.log(np.maximum(np.linalg.norm(ours, axis=-1), _EPS)).sum(0)
-        log_r = np.log(np.maximum(np.linalg.norm(released, axis=-1), _EPS)).sum(0)
+        log_o = np.log(np.maximum(np.linalg.norm(ours, axis=-1), EPS)).sum(0)
+        log_r = np.log(np.maximum(np.linalg.norm(released, axis=-1), EPS)).sum(0)
         self.log_norm_ratio[gi, gj] += log_o[:, None] - log_r[None, :]
         self.sum_o[gi, gj] += ours.sum(0, dtype=np.float64)[:, None, :]
         self.sq_o[gi, gj] += np.square(ours, dtype=np.float64).sum(0)[:, None, :]
@@ -172,7 +171,7 @@ class Totals:
         mean_r = self.sum_r[rows, cols].sum(0) / n
         std_o = np.sqrt(np.maximum(self.sq_o[rows, cols].sum(0) / n - mean_o**2, 0.0))
         std_r = np.sqrt(np.maximum(self.sq_r[rows, cols].sum(0) / n - mean_r**2, 0.0))
-        live = std_r > _EPS
+        live = std_r > EPS
         with np.errstate(invalid="ignore", divide="ignore"):
             z = np.abs(mean_o - mean_r)[live] / std_r[live]
             ratio = std_o[live] / std_r[live]
@@ -271,137 +270,6 @@ def findings(videos: list[VideoComparison], cosines: list[float], crops: dict,
     return out
 
 
-# ---------------------------------------------------------------------------- files
-
-def _crop_ids(store: FeatureStore, video: str) -> list[int]:
-    """A video's crop ids (its `crop_ids` attribute; 0, 1, ... where it has none)."""
-    raw = store.video_attrs(video).get("crop_ids")
-    if raw in (None, ""):
-        return list(range(store.get(video).shape[1]))
-    try:
-        ids = [int(i) for i in (json.loads(raw) if isinstance(raw, str) else raw)]
-    except (TypeError, ValueError) as exc:
-        raise StoreError(f"{store.path}: video {video!r} has unreadable crop_ids {raw!r}") from exc
-    if len(set(ids)) != len(ids):
-        raise StoreError(f"{store.path}: video {video!r} has repeated crop_ids {ids}")
-    return ids
-
-
-def load_released(video: str, files: dict[int, Path], dim: int) -> tuple[np.ndarray, list[int]]:
-    """A video's released crops as [snippets, crops, dim] float32, and their crop ids."""
-    ids = sorted(files)
-    arrays = []
-    for c in ids:
-        try:
-            a = np.load(files[c], allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"{files[c]}: not a readable .npy file ({exc})") from exc
-        if a.ndim != 2 or a.shape[0] < 1:
-            raise StoreError(f"{files[c]}: shape {a.shape}; expected [snippets, dim]")
-        if a.shape[1] != dim:
-            raise StoreError(f"{files[c]}: feature dim {a.shape[1]}, but our store's is {dim}: "
-                             "features of another model")
-        if arrays and a.shape[0] != arrays[0].shape[0]:
-            raise StoreError(f"{files[c]}: {a.shape[0]} snippets, but crop {ids[0]} of "
-                             f"{video} has {arrays[0].shape[0]}")
-        a = a.astype(np.float32)
-        if not np.isfinite(a).all():
-            raise StoreError(f"{files[c]}: contains NaN or inf")
-        arrays.append(a)
-    return np.stack(arrays, axis=1), ids
-
-
-def _round(x, digits: int = 6):
-    if isinstance(x, float | np.floating):
-        return None if not np.isfinite(x) else round(float(x), digits)
-    if isinstance(x, np.ndarray):
-        return [_round(v, digits) for v in x.tolist()]
-    if isinstance(x, list):
-        return [_round(v, digits) for v in x]
-    if isinstance(x, dict):
-        return {k: _round(v, digits) for k, v in x.items()}
-    return x
-
-
-def default_prefix(ours: str | Path) -> Path:
-    """`features/ucf.h5` -> `features/ucf_vs_released`."""
-    ours = Path(ours)
-    return ours.with_name(ours.stem + "_vs_released")
-
-
-def compare_features(ours_path: str | Path, released_dir: str | Path,
-                     out_prefix: str | Path | None = None, crop_ours: list[int] | None = None,
-                     max_offset: int = MAX_OFFSET, progress: bool = True) -> dict:
-    """Compare a store with released .npy files; write PREFIX.{tsv,json,png}; return the
-    summary (also in the JSON). Bad input raises StoreError before anything is written."""
-    import pandas as pd
-    from tqdm import tqdm
-
-    from tpwng.files import write_json, write_table
-
-    ours_path, released_dir = Path(ours_path), Path(released_dir)
-    prefix = Path(out_prefix) if out_prefix else default_prefix(ours_path)
-    if max_offset < 0:
-        raise StoreError(f"--max-offset must be >= 0, got {max_offset}")
-    with FeatureStore(ours_path) as store:
-        if not released_dir.is_dir():
-            raise StoreError(f"{released_dir}: released features directory does not exist")
-        index = index_npy(released_dir)
-        if not index:
-            raise StoreError(f"{released_dir}: no released features (<video>__<crop>.npy) in it")
-        ours_videos = store.video_ids()
-        common = sorted(set(ours_videos) & set(index))
-        if not common:
-            raise StoreError(f"no video of {ours_path} ({len(ours_videos)} videos, e.g. "
-                             f"{', '.join(sorted(ours_videos)[:2]) or 'none'}) has released "
-                             f"features in {released_dir} ({len(index)} videos, e.g. "
-                             f"{', '.join(sorted(index)[:2])})")
-        crops = {v: _crop_ids(store, v) for v in common}
-        if crop_ours:
-            have = sorted({i for ids in crops.values() for i in ids})
-            missing = [k for k in crop_ours if k not in have]
-            if missing:
-                raise StoreError(f"--crop-ours {' '.join(map(str, missing))}: no video of "
-                                 f"{ours_path} in common with {released_dir} has that crop id "
-                                 f"(crop ids: {have})")
-            common = [v for v in common if set(crops[v]) & set(crop_ours)]
-        dim = store.get(common[0]).shape[2]
-        totals = Totals(sorted({i for v in common for i in crops[v]
-                                if not crop_ours or i in crop_ours}),
-                        sorted({j for v in common for j in index[v]}), dim)
-        videos = []
-        for vid in tqdm(common, desc="compare", file=sys.stderr, unit="video",
-                        disable=None if progress else True):
-            ours, ids = store.get(vid), crops[vid]
-            if ours.shape[1:] != (len(ids), dim):
-                raise StoreError(f"{ours_path}: video {vid!r} has shape {ours.shape}, expected "
-                                 f"[snippets, {len(ids)}, {dim}]")
-            if crop_ours:
-                keep = [p for p, i in enumerate(ids) if i in crop_ours]
-                ours, ids = ours[:, keep], [ids[p] for p in keep]
-            released, rel_ids = load_released(vid, index[vid], dim)
-            comp, a, b = compare_video(vid, ours, ids, released, rel_ids, max_offset)
-            totals.add(a, ids, b, rel_ids, comp.cell_sums)
-            videos.append(comp)
-        provenance = {k: store.provenance.get(k) for k in
-                      ("model", "weights", "stride", "sample", "crop_mode", "preprocessing")}
-    summary, table = summarise(videos, totals)
-    summary = {"ours": str(ours_path), "released_dir": str(released_dir),
-               "ours_provenance": provenance, "max_offset": max_offset,
-               "crop_ours": crop_ours or None,
-               "only_in_ours": {"count": len(set(ours_videos) - set(index)),
-                                "examples": sorted(set(ours_videos) - set(index))[:10]},
-               "only_in_released": {"count": len(set(index) - set(ours_videos)),
-                                    "examples": sorted(set(index) - set(ours_videos))[:10]},
-               **summary}
-    outputs = {k: f"{prefix}.{k}" for k in ("tsv", "json", "png")}
-    summary["outputs"] = outputs
-    write_table(outputs["tsv"], pd.DataFrame(table))
-    plot_comparison(outputs["png"], summary, videos, table)
-    write_json(outputs["json"], _round(summary))
-    return summary
-
-
 def summarise(videos: list[VideoComparison], totals: Totals) -> tuple[dict, list[dict]]:
     """The summary (findings and verdict included) and the per-video table rows."""
     matrix = totals.matrix()
@@ -454,63 +322,41 @@ def summarise(videos: list[VideoComparison], totals: Totals) -> tuple[dict, list
     return summary, table
 
 
-def plot_comparison(path: str | Path, summary: dict, videos: list[VideoComparison],
-                    table: list[dict]) -> None:
-    """Per-video cosines, the crop x crop cosine map, the offsets and per-dimension mean
-    differences, in one PNG."""
-    from matplotlib.ticker import MaxNLocator
+# ---------------------------------------------------------------------------- files
 
-    from tpwng.evaluate.plots import figure
-
-    with figure(path, 2, 2, (5.0, 3.8)) as (fig, axes):
-        ax = axes[0, 0]
-        at0 = [r["cosine_at_0"] for r in table if np.isfinite(r["cosine_at_0"])]
-        matched = [r["cosine_matched_crops"] for r in table
-                   if np.isfinite(r["cosine_matched_crops"])]
-        lo = np.floor(min([0.9, *at0, *matched]) * 20) / 20
-        bins = np.linspace(lo, 1.0, 41)
-        ax.hist(at0, bins=bins, alpha=0.6, label="crop mean, offset 0")
-        ax.hist(matched, bins=bins, alpha=0.6, label="matched crops, best offset")
-        ax.set(xlabel="cosine per video", ylabel="videos", title="ours vs released")
-        ax.legend(fontsize=8)
-        ax = axes[0, 1]
-        m = np.asarray(summary["crop_cosine"], dtype=float)
-        im = ax.imshow(m, vmin=min(np.nanmin(m), 0.99), vmax=1.0, cmap="viridis",
-                       aspect="auto")
-        for p in summary["assignment"]:
-            ax.add_patch(_box(summary["crop_ids_released"].index(p["released"]),
-                              summary["crop_ids_ours"].index(p["ours"])))
-        ax.set_xticks(range(m.shape[1]), summary["crop_ids_released"])
-        ax.set_yticks(range(m.shape[0]), summary["crop_ids_ours"])
-        ax.set(xlabel="released crop", ylabel="our crop", title="crop cosine (boxed: assigned)")
-        fig.colorbar(im, ax=ax)
-        ax = axes[1, 0]
-        k = summary["max_offset"]
-        offsets = summary["offsets"]
-        ax.bar([int(o) for o in offsets], list(offsets.values()), color="#4c72b0")
-        ax.set_xlim(-k - 0.5, k + 0.5)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set(xlabel="best offset k (our t+k = released t)", ylabel="videos",
-               title=f"snippet alignment (searched ±{k})")
-        ax = axes[1, 1]
-        vals = summary["per_dimension_values"]
-        std_r = np.asarray(vals["std_released"])
-        z = (np.asarray(vals["mean_ours"]) - np.asarray(vals["mean_released"])) / np.maximum(
-            std_r, _EPS)
-        ax.plot(z, lw=0.8, color="#d62728")
-        ax.set(xlabel="dimension", ylabel="Δ mean / released std",
-               title=f"scale: norm ratio {summary['per_dimension']['norm_ratio']:.3f} "
-                     "(ours / released)")
-        fig.suptitle(_wrap(summary["verdict"]), fontsize=9)
+def store_crop_ids(store: FeatureStore, video: str) -> list[int]:
+    """A video's crop ids (its `crop_ids` attribute; 0, 1, ... where it has none)."""
+    raw = store.video_attrs(video).get("crop_ids")
+    if raw in (None, ""):
+        return list(range(store.get(video).shape[1]))
+    try:
+        ids = [int(i) for i in (json.loads(raw) if isinstance(raw, str) else raw)]
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"{store.path}: video {video!r} has unreadable crop_ids {raw!r}") from exc
+    if len(set(ids)) != len(ids):
+        raise StoreError(f"{store.path}: video {video!r} has repeated crop_ids {ids}")
+    return ids
 
 
-def _box(x: int, y: int):
-    from matplotlib.patches import Rectangle
-
-    return Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, edgecolor="black", lw=1.5)
-
-
-def _wrap(text: str, width: int = 110) -> str:
-    import textwrap
-
-    return "\n".join(textwrap.wrap(text, width))
+def load_released(video: str, files: dict[int, Path], dim: int) -> tuple[np.ndarray, list[int]]:
+    """A video's released crops as [snippets, crops, dim] float32, and their crop ids."""
+    ids = sorted(files)
+    arrays = []
+    for c in ids:
+        try:
+            a = np.load(files[c], allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{files[c]}: not a readable .npy file ({exc})") from exc
+        if a.ndim != 2 or a.shape[0] < 1:
+            raise StoreError(f"{files[c]}: shape {a.shape}; expected [snippets, dim]")
+        if a.shape[1] != dim:
+            raise StoreError(f"{files[c]}: feature dim {a.shape[1]}, but our store's is {dim}: "
+                             "features of another model")
+        if arrays and a.shape[0] != arrays[0].shape[0]:
+            raise StoreError(f"{files[c]}: {a.shape[0]} snippets, but crop {ids[0]} of "
+                             f"{video} has {arrays[0].shape[0]}")
+        a = a.astype(np.float32)
+        if not np.isfinite(a).all():
+            raise StoreError(f"{files[c]}: contains NaN or inf")
+        arrays.append(a)
+    return np.stack(arrays, axis=1), ids

@@ -29,31 +29,35 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
+from tpwng.config import schema_defaults
 from tpwng.device import encoder_devices, encoder_dtype, resolve_device
 from tpwng.features.clip_backbone import ClipSpec, load_clip
 from tpwng.features.preprocess import n_crops, preprocess
 from tpwng.features.provenance import extracted_provenance
 from tpwng.features.store import StoreWriter
-from tpwng.features.video import DECODE_TIMEOUT, read_frames
+from tpwng.features.video import read_frames
 from tpwng.grid import sample_indices
 from tpwng.heap import bound_heap_growth
 
 log = logging.getLogger(__name__)
+_DEFAULTS = schema_defaults("extraction")  # every default below is the schema's
 
 
 @dataclass
 class ExtractionSettings:
-    stride: int = 16
-    sample: str = "center"
-    crop_mode: str = "center"
-    batch_size: int = 64
-    precision: str = "auto"  # auto: bf16 weights on CUDA, fp32 on CPU; or fp32 / bf16 / fp16
-    decode_workers: int | str = "auto"  # or the CPUs given (see `decode_workers_for`)
-    decode_chunk: int = 32
-    decode_timeout: float = 600.0  # seconds a decode worker may take for one chunk
-    dtype: str = "float16"
-    device: str = "auto"
-    gpus: int | str = "auto"  # CUDA devices to encode on, one encoder each (`encoder_devices`)
+    """What extraction reads of the ``extraction`` settings (defaults: the config schema's)."""
+
+    stride: int = _DEFAULTS["stride"]
+    sample: str = _DEFAULTS["sample"]
+    crop_mode: str = _DEFAULTS["crop_mode"]
+    batch_size: int = _DEFAULTS["batch_size"]  # images per encoder batch
+    precision: str = _DEFAULTS["precision"]  # auto: bf16 weights on CUDA, fp32 on CPU
+    decode_workers: int | str = _DEFAULTS["decode_workers"]  # see `decode_workers_for`
+    decode_chunk: int = _DEFAULTS["decode_chunk"]
+    decode_timeout: float = _DEFAULTS["decode_timeout"]  # seconds one decoding call may take
+    dtype: str = _DEFAULTS["dtype"]
+    device: str = "auto"  # not a setting (scoring and the benchmarks choose it)
+    gpus: int | str = _DEFAULTS["gpus"]  # CUDA devices to encode on (`encoder_devices`)
 
     @classmethod
     def from_config(cls, cfg: dict) -> ExtractionSettings:
@@ -85,8 +89,7 @@ def plan_jobs(rows: Sequence, settings: ExtractionSettings) -> list[VideoJob]:
 class DecodeStream(IterableDataset):
     """Yields (job index, snippet offset, uint8 frames [n, H, W, 3]) for this worker's videos."""
 
-    def __init__(self, jobs: list[VideoJob], chunk: int,
-                 timeout: float | None = DECODE_TIMEOUT) -> None:
+    def __init__(self, jobs: list[VideoJob], chunk: int, timeout: float | None) -> None:
         self.jobs = jobs
         self.chunk = chunk
         self.timeout = timeout  # seconds per decoding call, enforced from outside the decoder
@@ -140,13 +143,13 @@ class ImageEncoder:
         """uint8 [N, H, W, 3] -> float32 [N, crops, 3, 224, 224] on the device (into `out`)."""
         return preprocess(frames.to(self.device, non_blocking=True), self.crop_mode, out=out)
 
-    def batch_buffer(self, frames: int) -> torch.Tensor:
-        """A reusable float32 buffer for `frames` preprocessed frames on the device.
+    def batch_buffer(self, frames: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """A reusable buffer for `frames` preprocessed frames on the device.
 
         Zero-filled, so that its memory is committed up front: a process's footprint is set by
         the batch size, not by how much of the batch its videos happen to fill.
         """
-        return torch.zeros((frames, self.crops, 3, 224, 224), device=self.device)
+        return torch.zeros((frames, self.crops, 3, 224, 224), device=self.device, dtype=dtype)
 
     @torch.inference_mode()
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -214,47 +217,62 @@ class Batch:
 
 
 class EncoderLane:
-    """One encoder with its batch buffer; on CUDA also its streams and pinned result buffers.
+    """One encoder with its batch buffers; on CUDA also its streams and pinned result buffers.
 
-    CUDA: frames are copied up on the ``upload`` stream, preprocessed and encoded on the
-    ``compute`` stream once their upload event has fired, and the results copied into one of
-    `depth` pinned buffers on the ``download`` stream once the encode event has fired. Nothing
-    here blocks the host. Two copy streams: a download waits for its encode, and frames for the
-    next batch must not queue behind it. CPU: `add` preprocesses and `submit` encodes, at once.
+    CUDA: frames are copied up on the ``upload`` stream; preprocessed (resize, crops,
+    normalisation, the cast to the encoder's precision) on the ``prep`` stream into one of
+    `depth` batch buffers; encoded on the ``compute`` stream once the batch is prepared; and
+    the results copied into one of `depth` pinned buffers on the ``download`` stream once the
+    encode has finished. Preprocessing the next batch thus overlaps encoding this one, and the
+    encoder's stream runs nothing but the encoder. A batch buffer is written again only after
+    the encode that read it (its ``free`` event). Nothing here blocks the host. The arithmetic
+    is the same as on one stream: the same kernels on the same values. CPU: `add`
+    preprocesses and `submit` encodes, at once, in one float32 buffer.
     """
 
     def __init__(self, encoder: ImageEncoder, per_batch: int, dim: int, depth: int = 2) -> None:
         self.encoder = encoder
-        self.buffer = encoder.batch_buffer(per_batch)  # reused: no per-batch allocation
         self.cuda = encoder.device.type == "cuda"
         self.depth = depth if self.cuda else 1  # batches in flight at most
+        # reused: no per-batch allocation; on CUDA in the encoder's precision
+        self.buffers = [encoder.batch_buffer(per_batch, encoder.dtype if self.cuda
+                                             else torch.float32) for _ in range(self.depth)]
         self.in_flight = 0
         self.count = 0
+        self.turn = 0  # the batch buffer (and pinned result buffer) being filled
         self.slots: list[Slot] = []
         self.keep: list[torch.Tensor] = []
         if self.cuda:
             dev = encoder.device
-            self.compute, self.upload, self.download = (torch.cuda.Stream(dev) for _ in range(3))
-            self.compute.wait_stream(torch.cuda.current_stream(dev))  # weights, zeroed buffer
-            self.buffer.record_stream(self.compute)  # freed only once compute is done with it
+            self.prep, self.compute, self.upload, self.download = (
+                torch.cuda.Stream(dev) for _ in range(4))
+            for stream in (self.prep, self.compute):  # weights, zeroed buffers
+                stream.wait_stream(torch.cuda.current_stream(dev))
+                for buffer in self.buffers:  # freed only once both are done with them
+                    buffer.record_stream(stream)
+            self.free: list[torch.cuda.Event | None] = [None] * self.depth
             self.results = [torch.empty((per_batch, encoder.crops, dim), pin_memory=True)
                             for _ in range(self.depth)]
-            self.turn = 0
 
     @torch.inference_mode()
     def add(self, frames: torch.Tensor, job: int, offset: int) -> None:
         """Preprocess uint8 frames [n, H, W, 3] into the next rows of the batch."""
         n = len(frames)
-        out = self.buffer[self.count : self.count + n]
+        out = self.buffers[self.turn][self.count : self.count + n]
         if self.cuda:
+            if self.count == 0 and self.free[self.turn] is not None:
+                self.prep.wait_event(self.free[self.turn])  # its last encode has read it
             with torch.cuda.stream(self.upload):
                 on_device = frames.to(self.encoder.device, non_blocking=True)
                 uploaded = torch.cuda.Event()
                 uploaded.record(self.upload)
-            self.compute.wait_event(uploaded)
-            with torch.cuda.stream(self.compute):
-                on_device.record_stream(self.compute)  # its memory is reused after this use
-                self.encoder.prepare(on_device, out=out)
+            self.prep.wait_event(uploaded)
+            with torch.cuda.stream(self.prep):
+                on_device.record_stream(self.prep)  # its memory is reused after this use
+                if out.dtype == torch.float32:
+                    self.encoder.prepare(on_device, out=out)
+                else:  # normalised in float32, then cast: as the encoder would cast it
+                    out.copy_(self.encoder.prepare(on_device))
             self.keep.append(frames)  # host memory the upload reads
         else:
             self.encoder.prepare(frames, out=out)
@@ -266,15 +284,18 @@ class EncoderLane:
         """Encode the batch (CUDA: queue it, and its copy back); the lane starts a new one.
 
         The caller keeps fewer than `depth` batches of this lane in flight."""
-        rows = self.buffer[: self.count]
+        rows = self.buffers[self.turn][: self.count]
         if self.cuda:
+            prepared = torch.cuda.Event()
+            prepared.record(self.prep)
+            self.compute.wait_event(prepared)
             with torch.cuda.stream(self.compute):
                 emb = self.encoder.embed(rows)
                 encoded = torch.cuda.Event()
                 encoded.record(self.compute)
+            self.free[self.turn] = encoded
             self.download.wait_event(encoded)
             host = self.results[self.turn][: self.count]
-            self.turn = (self.turn + 1) % self.depth
             with torch.cuda.stream(self.download):
                 host.copy_(emb, non_blocking=True)
                 done = torch.cuda.Event()
@@ -282,6 +303,7 @@ class EncoderLane:
             batch = Batch(self.slots, host, done, [*self.keep, emb])
         else:
             batch = Batch(self.slots, self.encoder.encode(rows))
+        self.turn = (self.turn + 1) % self.depth
         self.slots, self.keep, self.count = [], [], 0
         self.in_flight += 1
         return batch

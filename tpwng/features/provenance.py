@@ -59,7 +59,7 @@ def extracted_provenance(spec: ClipSpec, identity: str, settings: Sampling, dim:
 def released_provenance(settings: dict, source: str) -> dict:
     """What a store of imported released features records (they carry no sampling or crops)."""
     return {
-        "dataset": settings["name"], "model": settings["clip"].get("model", "ViT-B-16"),
+        "dataset": settings["name"], "model": settings["clip"]["model"],
         "weights": RELEASED_WEIGHTS, "random_init": False,
         "stride": int(settings["extraction"]["stride"]), "sample": "released",
         "crop_mode": "released", "crops": 10, "dim": 512,
@@ -75,7 +75,7 @@ def expected_store_provenance(settings: dict) -> dict:
     spec = ClipSpec.from_config(settings["clip"])
     ex = settings["extraction"]
     out = {"model": spec.model, "stride": ex["stride"]}
-    if ex.get("source", "extract") == "extract":
+    if ex["source"] == "extract":
         out |= {"weights": weights_identity(spec), "sample": ex["sample"],
                 "crop_mode": ex["crop_mode"]}
     return out
@@ -93,6 +93,8 @@ def recorded_settings(meta: dict) -> dict:
     Checkpoints record the CLIP seed; for those written before they did, it is read from the
     weights identity (``random-init:seed=S``).
     """
+    from tpwng.features.clip_backbone import ClipSpec
+
     clip, store = meta["clip"], meta["store"]
     seed = clip.get("seed")
     if seed is None:
@@ -101,7 +103,7 @@ def recorded_settings(meta: dict) -> dict:
     extracted = store_source(store) == "extracted"
     return {
         "clip": {"model": clip["model"], "pretrained": clip["pretrained"], "seed": seed,
-                 "quick_gelu": clip.get("quick_gelu", True)},
+                 "quick_gelu": clip.get("quick_gelu", ClipSpec.quick_gelu)},
         "extraction": {"stride": int(store["stride"]),
                        "source": "extract" if extracted else "released",
                        "sample": store.get("sample", "center"),

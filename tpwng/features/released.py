@@ -82,7 +82,7 @@ def index_npy(root: str | Path) -> dict[str, dict[int, Path]]:
 
 
 def _released_dir(settings: dict) -> Path:
-    d = settings["extraction"].get("released_dir")
+    d = settings["extraction"]["released_dir"]
     if not d:
         raise StoreError(f"dataset {settings['name']!r}: extraction.source is 'released' but "
                          "extraction.released_dir is not set")

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tpwng.model.hyperparameters import NVP_MODE, NVP_TEMPERATURE
 from tpwng.model.masks import valid_mask
 
 NVP_MODES = ("as", "fa", "none")
@@ -27,7 +28,8 @@ NVP_MODES = ("as", "fa", "none")
 class NormalityVisualPrompt(nn.Module):
     """Enhance the normal text embedding with each normal video's visual prompt (Eq. 3-4)."""
 
-    def __init__(self, dim: int = 512, mode: str = "as", temperature: float = 0.01) -> None:
+    def __init__(self, dim: int = 512, mode: str = NVP_MODE,
+                 temperature: float = NVP_TEMPERATURE) -> None:
         super().__init__()
         if mode not in NVP_MODES:
             raise ValueError(f"NVP mode must be one of {NVP_MODES}, got {mode!r}")

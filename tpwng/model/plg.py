@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from .hyperparameters import ALPHA, THETA
+
 
 def minmax_normalize(s: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Min-max normalise each row of ``s`` ``[B, T]`` over its valid snippets (design §2).
@@ -37,7 +39,7 @@ def anomaly_evidence(
     s_aa_norm: torch.Tensor,
     s_an_norm: torch.Tensor,
     mask: torch.Tensor | None = None,
-    alpha: float = 0.2,
+    alpha: float = ALPHA,
     guidance: bool = True,
 ) -> torch.Tensor:
     """Normalised anomaly evidence ``φ̃`` ``[B, T]`` (Eq. 5 as ``1 - ψ``, design §3).
@@ -51,7 +53,7 @@ def anomaly_evidence(
 
 @torch.no_grad()
 def pseudo_labels(
-    phi_norm: torch.Tensor, mask: torch.Tensor | None = None, theta: float = 0.55
+    phi_norm: torch.Tensor, mask: torch.Tensor | None = None, theta: float = THETA
 ) -> torch.Tensor:
     """Snippet pseudo-labels ``γ = [φ̃ ≥ θ]`` on valid snippets, 0 elsewhere (Eq. 6); detached."""
     labels = phi_norm.detach() >= theta

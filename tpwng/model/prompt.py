@@ -22,6 +22,8 @@ import open_clip
 import torch
 from torch import nn
 
+from .hyperparameters import N_CTX
+
 Tokenizer = Callable[[list[str]], torch.Tensor]
 
 
@@ -77,7 +79,7 @@ class PromptLearner(nn.Module):
         self,
         clip_model: nn.Module,
         classnames: Sequence[str],
-        n_ctx: int = 8,
+        n_ctx: int = N_CTX,
         class_specific: bool = False,
         init_std: float = 0.02,
         ctx_init: str | None = None,

@@ -8,9 +8,8 @@ input, per head and per query position (adaptive attention span, Sukhbaatar et a
     z      = F · σ(cᵀ x_t + b)                                        (Eq. 8)
     ω_t,r  = χ_z(t - r) exp(β_t,r) / Σ_q χ_z(t - q) exp(β_t,q)        (Eq. 9)
 
-with ``β = q·k / √d_head``. ``F`` is a fixed constant, ``span_scale`` (256, the training sequence
-cap), so that a video scored whole or as a stream gives the same result and training and test
-agree; ``span_scale=None`` uses each sequence's valid length instead (DESIGN 8 as written).
+with ``β = q·k / √d_head``. ``F`` is fixed, ``span_scale`` (`SPAN_SCALE`, the training cap): a
+stream scores as the whole video, as in training; ``None``: each sequence's valid length (DESIGN 8).
 
 Eq. 7 is one function, `span_mask`, that every path uses. Eq. 9 is a softmax with an additive
 mask, ``ω = softmax(β + log χ)`` (``log 0 = -inf``), and `AdaptiveSpanAttention.implementation`
@@ -47,6 +46,7 @@ from .attention_kernels import (
     SplitHeads,
     dropout_mask,
 )
+from .hyperparameters import DROPOUT, FF_DIM, HEADS, LAYERS, RAMP_R, SPAN_SCALE
 from .masks import valid_mask
 from .transformer import PlainTransformer, sinusoidal_encoding
 
@@ -149,9 +149,9 @@ class AdaptiveSpanAttention(nn.Module):
             switchable any time.
     """
 
-    def __init__(self, dim: int, heads: int = 4, R: float = 256, span_scale: float | None = 256,
-                 dropout: float = 0.0, chunk_size: int = 1024, attention_impl: str = "auto"
-                 ) -> None:
+    def __init__(self, dim: int, heads: int = HEADS, R: float = RAMP_R,
+                 span_scale: float | None = SPAN_SCALE, dropout: float = 0.0,
+                 chunk_size: int = 1024, attention_impl: str = "auto") -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim {dim} is not divisible by heads {heads}")
@@ -319,9 +319,9 @@ class TCSALLayer(nn.Module):
     run as `ResidualDropout` and `FeedForwardResidual`; ``ff`` keeps the
     ``Linear-ReLU-Dropout-Linear`` parameters and is the reference they equal."""
 
-    def __init__(self, dim: int = 512, heads: int = 4, R: float = 256,
-                 span_scale: float | None = 256, ff_dim: int = 2048, dropout: float = 0.1,
-                 attention_impl: str = "auto") -> None:
+    def __init__(self, dim: int = 512, heads: int = HEADS, R: float = RAMP_R,
+                 span_scale: float | None = SPAN_SCALE, ff_dim: int = FF_DIM,
+                 dropout: float = DROPOUT, attention_impl: str = "auto") -> None:
         super().__init__()
         self.attn = AdaptiveSpanAttention(dim, heads, R, span_scale, dropout,
                                           attention_impl=attention_impl)
@@ -363,9 +363,9 @@ class TCSAL(nn.Module):
     positional encoding. ``forward(x [B, T, D], mask [B, T]) -> [B, T, D]``; `stream` scores
     piece by piece."""
 
-    def __init__(self, dim: int = 512, layers: int = 4, heads: int = 4, R: float = 256,
-                 span_scale: float | None = 256, ff_dim: int = 2048, dropout: float = 0.1,
-                 attention_impl: str = "auto") -> None:
+    def __init__(self, dim: int = 512, layers: int = LAYERS, heads: int = HEADS,
+                 R: float = RAMP_R, span_scale: float | None = SPAN_SCALE, ff_dim: int = FF_DIM,
+                 dropout: float = DROPOUT, attention_impl: str = "auto") -> None:
         super().__init__()
         self.layers = nn.ModuleList(
             TCSALLayer(dim, heads, R, span_scale, ff_dim, dropout, attention_impl)

@@ -21,6 +21,19 @@ from torch import nn
 from . import losses
 from .class_probs import class_probabilities as _class_probabilities
 from .classifier import Classifier
+from .hyperparameters import (
+    ALPHA,
+    DROPOUT,
+    FF_DIM,
+    HEADS,
+    LAYERS,
+    N_CTX,
+    NVP_MODE,
+    NVP_TEMPERATURE,
+    RAMP_R,
+    SPAN_SCALE,
+    THETA,
+)
 from .masks import valid_mask
 from .nvp import NVP_MODES, NormalityVisualPrompt
 from .plg import anomaly_evidence, minmax_normalize, pseudo_labels
@@ -35,23 +48,25 @@ LOG_KEYS = (
 
 @dataclass
 class ModelConfig:
-    """Model and objective settings (paper Sec. 4.2 defaults; UCF-Crime θ)."""
+    """Model and objective settings (paper Sec. 4.2 defaults, `hyperparameters`; UCF-Crime θ).
 
-    n_ctx: int = 8
+    The config schema's ``model`` defaults equal these (tests/test_config.py)."""
+
+    n_ctx: int = N_CTX
     class_specific_ctx: bool = False
     finetune_text_projection: bool = True
-    nvp: str = "as"
-    nvp_temperature: float = 0.01
+    nvp: str = NVP_MODE
+    nvp_temperature: float = NVP_TEMPERATURE
     guidance: bool = True
-    alpha: float = 0.2
-    theta: float = 0.55
+    alpha: float = ALPHA
+    theta: float = THETA
     temporal: str = "tcsal"
-    layers: int = 4
-    heads: int = 4
-    R: int = 256
-    span_scale: int | None = 256
-    ff_dim: int = 2048
-    dropout: float = 0.1
+    layers: int = LAYERS
+    heads: int = HEADS
+    R: int = RAMP_R
+    span_scale: int | None = SPAN_SCALE
+    ff_dim: int = FF_DIM
+    dropout: float = DROPOUT
     lambda_smooth: float = 0.1
     lambda_sparse: float = 0.01
     use_rank_normal: bool = True

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from .hyperparameters import DROPOUT, FF_DIM, HEADS, LAYERS
 from .masks import valid_mask
 
 
@@ -17,10 +18,10 @@ class PlainTransformer(nn.Module):
     def __init__(
         self,
         dim: int = 512,
-        layers: int = 4,
-        heads: int = 4,
-        ff_dim: int = 2048,
-        dropout: float = 0.1,
+        layers: int = LAYERS,
+        heads: int = HEADS,
+        ff_dim: int = FF_DIM,
+        dropout: float = DROPOUT,
         positional: bool = True,
     ) -> None:
         super().__init__()

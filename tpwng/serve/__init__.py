@@ -22,7 +22,7 @@ def run_service(config_path: Path, model: Path, out: Path, device: str = "auto",
                 notify: Callable[[str], None] = print) -> dict:
     """Serve until every source has ended or SIGINT/SIGTERM arrives; then score what was
     read, write each source's outputs and return the summary (also ``summary.json``)."""
-    from tpwng.evaluate.score_video import load_scorer
+    from tpwng.scoring.scorer import load_scorer
     from tpwng.serve.service import Service
     from tpwng.serve.web import service_server
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from tpwng.evaluate.live import DEVICE, LIVE_SCHEMES, is_live_source
 from tpwng.redact import redact_text, split_url
+from tpwng.scoring.live_source import DEVICE, LIVE_SCHEMES, is_live_source
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 SOURCE_KINDS = ("url", "device", "file")

@@ -32,18 +32,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from tpwng.evaluate.inference import pick_crop, snippet_class_probs
-from tpwng.evaluate.live import (
-    JsonLines,
-    alert_end,
-    alert_start,
-    display_source,
-    scoring_threads,
-    utc_now,
-)
-from tpwng.evaluate.score_video import (
+from tpwng.evaluate.trained_model import pick_crop
+from tpwng.features.video import VideoInfo
+from tpwng.grid import expand_to_frames
+from tpwng.scoring.inference import snippet_class_probs
+from tpwng.scoring.live import JsonLines, alert_end, alert_start, scoring_threads, utc_now
+from tpwng.scoring.live_source import display_source
+from tpwng.scoring.score_video import (
     ScoreOptions,
-    Scorer,
     SnippetStream,
     VideoScores,
     check_streamable,
@@ -51,8 +47,7 @@ from tpwng.evaluate.score_video import (
     write_scores_summary,
     write_video_outputs,
 )
-from tpwng.features.video import VideoInfo
-from tpwng.grid import expand_to_frames
+from tpwng.scoring.scorer import Scorer
 from tpwng.serve.alerts import AlertSender
 from tpwng.serve.config import ServeConfig, SourceSpec
 from tpwng.serve.sources import Snippet, SourceCounters, SourceQueue, SourceReader

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from tpwng.evaluate.live import DEVICE, failure_reason, ffmpeg_errors, ffmpeg_url
 from tpwng.grid import sample_indices
+from tpwng.scoring.live_source import DEVICE, failure_reason, ffmpeg_errors, ffmpeg_url
 from tpwng.serve.config import SourceSpec
 
 FIRST_BACKOFF = 0.5

@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs
 
 from tpwng import RESOURCES
-from tpwng.evaluate.viewer import BoundedHTTPServer
+from tpwng.scoring.viewer_server import BoundedHTTPServer
 from tpwng.serve.service import LATENCY_WINDOW, Service
 
 PAGE = RESOURCES / "serve" / "live.html"

@@ -6,6 +6,7 @@ import csv
 import logging
 import sys
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from tpwng import __version__
-from tpwng.config import training_hash
+from tpwng.config import schema_defaults, training_hash
 from tpwng.data.datasets import DatasetError, load_interval_file
 from tpwng.data.manifest import read_manifest
 from tpwng.data.sequences import TrainVideo, cap_length, epoch_batches, pad_batch, snippet_truth
@@ -28,6 +29,33 @@ from tpwng.train.checkpoint import save_checkpoint
 from tpwng.train.label_quality import pseudo_label_quality
 
 log = logging.getLogger(__name__)
+_DEFAULTS = schema_defaults("train")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What training reads of the ``train`` settings (defaults: the config schema's)."""
+
+    seed: int = _DEFAULTS["seed"]
+    lr: float = _DEFAULTS["lr"]
+    weight_decay: float = _DEFAULTS["weight_decay"]
+    epochs: int = _DEFAULTS["epochs"]
+    batch_normal: int = _DEFAULTS["batch_normal"]
+    batch_anomalous: int = _DEFAULTS["batch_anomalous"]
+    max_seq_len: int = _DEFAULTS["max_seq_len"]
+    device: str = _DEFAULTS["device"]
+    threads: int = _DEFAULTS["threads"]
+    precision: str = _DEFAULTS["precision"]
+    epoch_over: str = _DEFAULTS["epoch_over"]
+    # the schema fills no default for compile (absent: none), so that models trained before
+    # the setting existed keep their settings hash
+    compile: str = "none"
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> TrainSettings:
+        """From a dataset's settings (the keys of ``train`` it gives over the defaults)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in settings["train"].items() if k in known})
 
 
 def dataset_classes(settings: dict, rows) -> list[str]:
@@ -48,7 +76,7 @@ def dataset_classes(settings: dict, rows) -> list[str]:
 def load_train_videos(settings: dict, manifest: Path, features: Path) -> list[TrainVideo]:
     """Training videos with capped features (and truth where a diagnostics file exists)."""
     rows = [r for r in read_manifest(manifest) if r.split == "train"]
-    max_len = int(settings["train"]["max_seq_len"])
+    max_len = int(TrainSettings.from_settings(settings).max_seq_len)
     stride = int(settings["extraction"]["stride"])
     truth_file = Path(settings["root"] or "") / "train_intervals.txt"
     truth = load_interval_file(truth_file) if settings["root"] and truth_file.is_file() else {}
@@ -219,12 +247,12 @@ def train(settings: dict, manifest: Path, features: Path, out: Path, log_path: P
     ``resident``: the training features kept on the device and batches gathered there
     (``auto``: when they take at most half its free memory; ``on``: an error where they do
     not; ``off``: each batch copied from the host). The results are the same either way."""
-    tr = settings["train"]
-    seed = int(tr["seed"])
+    tr = TrainSettings.from_settings(settings)
+    seed = int(tr.seed)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    torch.set_num_threads(int(tr.get("threads", 2)))
-    device = resolve_device(tr.get("device", "auto"))
+    torch.set_num_threads(int(tr.threads))
+    device = resolve_device(tr.device)
 
     videos = load_train_videos(settings, manifest, features)
     rows = read_manifest(manifest)
@@ -242,23 +270,23 @@ def train(settings: dict, manifest: Path, features: Path, out: Path, log_path: P
     model.set_feature_stats(*feature_stats(videos))
     model = model.to(device)
     params = list(model.trainable_parameters())
-    opt = make_optimizer(params, float(tr["lr"]), float(tr["weight_decay"]), device)
+    opt = make_optimizer(params, float(tr.lr), float(tr.weight_decay), device)
 
-    compiled = compile_mode(str(tr.get("compile", "none")), device)
-    step_fn = TrainingStep(model, opt, str(tr.get("precision", "auto")), device, compiled)
+    compiled = compile_mode(str(tr.compile), device)
+    step_fn = TrainingStep(model, opt, str(tr.precision), device, compiled)
     # compiled steps take batches of one shape: every one padded to max_seq_len
-    pad_to = int(tr["max_seq_len"]) if compiled != "none" else None
+    pad_to = int(tr.max_seq_len) if compiled != "none" else None
     source_n, source_a = feature_sources([normal, anomalous], classes, device, resident)
-    epoch_over = str(tr.get("epoch_over", "crops"))
+    epoch_over = str(tr.epoch_over)
     items_n, crops_n = epoch_items(normal, epoch_over)
     items_a, crops_a = epoch_items(anomalous, epoch_over)
-    steps = len(epoch_batches(len(items_n), len(items_a), int(tr["batch_normal"]),
-                              int(tr["batch_anomalous"]), np.random.default_rng(0)))
+    steps = len(epoch_batches(len(items_n), len(items_a), int(tr.batch_normal),
+                              int(tr.batch_anomalous), np.random.default_rng(0)))
     log.info("an epoch is %d steps over %d normal and %d anomalous %s (train.epoch_over: %s)",
              steps, len(items_n), len(items_a),
              "(video, crop) pairs" if crops_n is not None else "videos", epoch_over)
     rows_log: list[dict] = []
-    epochs = int(tr["epochs"])
+    epochs = int(tr.epochs)
     t_start = time.perf_counter()
     bar = tqdm(range(1, epochs + 1), desc=f"train {settings['name']}", file=sys.stderr,
                unit="epoch")
@@ -266,7 +294,7 @@ def train(settings: dict, manifest: Path, features: Path, out: Path, log_path: P
         t0 = time.perf_counter()
         model.train()
         plan = plan_epoch(normal, anomalous, (items_n, crops_n, items_a, crops_a),
-                          int(tr["batch_normal"]), int(tr["batch_anomalous"]), rng, pad_to)
+                          int(tr.batch_normal), int(tr.batch_anomalous), rng, pad_to)
         sums = run_epoch(step_fn, plan, source_n, source_a)
         row = {"epoch": epoch, "steps": plan.steps,
                **{k: v / plan.steps for k, v in sums.items()},

@@ -46,7 +46,6 @@ use rule evaluate as evaluate_variant with:
         manifest="data/{dataset}/manifest.tsv",
         cuts="data/{dataset}/annotation_cuts.tsv",
         scores="results/{dataset}/ablations/{variant}/scores.h5",
-        model="models/{dataset}/ablations/{variant}/tpwng.pt",
     output:
         auc="results/{dataset}/ablations/{variant}_auc.json",
         ap="results/{dataset}/ablations/{variant}_ap.json",

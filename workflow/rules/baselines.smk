@@ -1,7 +1,7 @@
 # Two reference detectors on the same feature store as TPWNG, evaluated on TPWNG's test videos
-# and frames: results/{dataset}/baselines.tsv (tpwng.evaluate.tables.baselines_report). They read the
-# store as `infer` does, and evaluate's frame convention and false-alarm threshold (not its
-# plot settings): STAGES["baselines"] in tpwng/config.py.
+# and frames: results/{dataset}/baselines.tsv (tpwng.evaluate.baseline_table.baselines_report).
+# They read the store as `infer` does, and evaluate's frame convention and false-alarm
+# threshold (not its plot settings): STAGES["baselines"] in tpwng/config.py.
 
 
 rule baselines:

@@ -29,7 +29,6 @@ rule evaluate:
         manifest="data/{dataset}/manifest.tsv",
         cuts="data/{dataset}/annotation_cuts.tsv",
         scores="results/{dataset}/scores.h5",
-        model="models/{dataset}/tpwng.pt",
     output:
         auc="results/{dataset}_auc.json",
         ap="results/{dataset}_ap.json",
@@ -61,7 +60,7 @@ rule evaluate:
         ENV
     shell:
         "tpwng evaluate --settings {params.settings:q} --manifest {input.manifest:q} "
-        "--scores {input.scores:q} --model {input.model:q} --out-prefix {params.prefix:q} "
+        "--scores {input.scores:q} --out-prefix {params.prefix:q} "
         "--annotation-cuts {input.cuts:q} 2> {log:q}"
 
 

@@ -34,7 +34,6 @@ use rule evaluate as evaluate_seed with:
         manifest="data/{dataset}/manifest.tsv",
         cuts="data/{dataset}/annotation_cuts.tsv",
         scores="results/{dataset}/seed-{seed}/scores.h5",
-        model="models/{dataset}/seed-{seed}/tpwng.pt",
     output:
         auc="results/{dataset}/seed-{seed}_auc.json",
         ap="results/{dataset}/seed-{seed}_ap.json",

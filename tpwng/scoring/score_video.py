@@ -22,20 +22,17 @@ import torch
 from torch import nn
 
 from tpwng.data.datasets import VIDEO_EXTENSIONS
-from tpwng.device import resolve_device
 from tpwng.errors import CheckpointError
-from tpwng.evaluate.inference import load_model, pick_crop, score_features, snippet_class_probs
 from tpwng.evaluate.metrics import score_segments
 from tpwng.evaluate.plots import SCORE_COLOR, figure, shade
-from tpwng.features.clip_backbone import ClipSpec, load_clip
-from tpwng.features.extract import ExtractionSettings, ImageEncoder
-from tpwng.features.provenance import recorded_settings
+from tpwng.evaluate.trained_model import pick_crop
 from tpwng.features.video import VideoError, VideoInfo, probe_video, read_frames
 from tpwng.files import WriteError, atomic_path, write_json
 from tpwng.grid import expand_to_frames, frame_labels, sample_indices, snippets_of
 from tpwng.model.tcsal import TCSAL, TCSALStream
 from tpwng.model.tpwng import TPWNG
-from tpwng.train.checkpoint import load_checkpoint, stored_text_embeddings
+from tpwng.scoring.inference import score_features, snippet_class_probs
+from tpwng.scoring.scorer import Scorer, load_scorer
 
 log = logging.getLogger(__name__)
 
@@ -51,60 +48,14 @@ class ScoreOptions:
     stream: bool = False
     device: str = "auto"
     batch_size: int = 64  # images per encoder batch
-    html: bool = False  # also a page per video (and index.html for a folder): tpwng.evaluate.viewer
+    html: bool = False  # also a page per video (and index.html for a folder): tpwng.scoring.viewer
 
     @property
     def mode(self) -> str:
         return "stream" if self.stream else "offline"
 
 
-@dataclass
-class Scorer:
-    """A loaded checkpoint with the image encoder and extraction settings it was trained with."""
-
-    model: TPWNG
-    meta: dict
-    path: Path
-    encoder: ImageEncoder
-    extraction: ExtractionSettings
-    crop: int = 0  # the test crop (0 = centre) of multi-crop extraction
-    text: torch.Tensor | None = None  # class text embeddings [k, D] saved with the checkpoint
-    logit_scale: float = 100.0
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.meta["classes"])
-
-    @property
-    def device(self) -> torch.device:
-        return self.encoder.device
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def load_scorer(model_path: Path, device: str = "auto", batch_size: int = 64) -> Scorer:
-    """The checkpoint's model and the CLIP image encoder that made its training features."""
-    model_path = Path(model_path)
-    ckpt = load_checkpoint(model_path)
-    meta = ckpt["meta"]
-    try:
-        text, scale = stored_text_embeddings(ckpt, model_path)
-    except CheckpointError as exc:
-        log.warning("%s; detected intervals get no class", exc)
-        text, scale = None, 100.0
-    settings = recorded_settings(meta)
-    if settings["extraction"]["source"] == "released":
-        log.warning("%s: trained on released features; scoring with centre-crop features of "
-                    "the snippets' middle frames", model_path)
-    dev = resolve_device(device)
-    model, _ = load_model(model_path, settings, dev)  # checks the CLIP weights' identity
-    clip_model, _ = load_clip(ClipSpec.from_config(settings["clip"]))
-    ex = ExtractionSettings(**{k: settings["extraction"][k] for k in ("stride", "sample",
-                                                                      "crop_mode")},
-                            batch_size=batch_size, device=str(dev))
-    return Scorer(model, meta, model_path, ImageEncoder(clip_model, ex), ex, text=text,
-                  logit_scale=scale)
+# --------------------------------------------------------------------------- inputs
 
 
 def find_videos(path: Path) -> list[Path]:
@@ -353,7 +304,7 @@ def write_video_outputs(result: VideoScores, scorer: Scorer, options: ScoreOptio
                 raise
             failures[files.pop(key)] = exc
     if options.html:
-        from tpwng.evaluate.viewer import write_scored_page
+        from tpwng.scoring.viewer import write_scored_page
 
         files |= write_scored_page(result, files, options.threshold, scorer.extraction.stride)
     return {"video": result.name, "frames": result.info.frames,
@@ -401,7 +352,7 @@ def score_paths(target: Path, model_path: Path, out_dir: Path, options: ScoreOpt
             on_video(entry)
     summary = write_scores_summary(model_path, str(target), options, entries, Path(out_dir))
     if options.html and Path(target).is_dir():
-        from tpwng.evaluate.viewer import write_scores_index
+        from tpwng.scoring.viewer import write_scores_index
 
         write_scores_index(summary, Path(out_dir))
     return summary
