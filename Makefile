@@ -23,15 +23,15 @@ test: $(STAMP) slurm browser ffmpeg  ## the whole test suite
 	pytest -q
 
 slurm:  ## SLURM + munge for the real-SLURM test, where we are root with apt-get
-	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then tests/install-slurm.sh; \
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then tests/install/slurm.sh; \
 	else echo "not root with apt-get: the real-SLURM test will be skipped"; fi
 
 browser:  ## Chromium + chromedriver for the viewer's browser tests, where we are root with apt-get
-	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then tests/install-browser.sh; \
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then tests/install/browser.sh; \
 	else echo "not root with apt-get: the viewer's browser tests will be skipped"; fi
 
 ffmpeg:  ## ffmpeg to serve sample videos for the live-scoring tests, where we are root with apt-get
-	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then tests/install-ffmpeg.sh; \
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then tests/install/ffmpeg.sh; \
 	else echo "not root with apt-get: the live-scoring tests that need ffmpeg will be skipped"; fi
 
 lint: $(STAMP)

@@ -34,7 +34,7 @@ def tiny_clip():
 @pytest.fixture(scope="session")
 def tiny_local_run(tmp_path_factory) -> Path:
     """The whole synthetic DAG, tiny settings, run locally once per session."""
-    from tests.dag import snakemake, tiny_config
+    from tests.helpers.dag import snakemake, tiny_config
 
     d = tmp_path_factory.mktemp("tiny-local")
     out = snakemake("--cores", str(LOCAL_CORES), cwd=d, config=tiny_config(d), timeout=1200)

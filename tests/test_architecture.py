@@ -151,3 +151,14 @@ def test_the_layer_check_finds_upward_imports():
     assert upward_imports("tpwng.features.compare", tree) == [
         "tpwng.features.compare imports tpwng.evaluate.plots"]
     assert upward_imports("tpwng.evaluate.tables", tree) == []
+
+
+def test_modules_stay_short_and_tcsal_reads_as_the_paper():
+    """No module of tpwng over 500 lines; TCSAL (Eq. 7-9) in at most 450, with no hand-written
+    autograd (its fast paths live in tpwng.model.attention_kernels)."""
+    long = {str(p.relative_to(PACKAGE.parent)): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 500}
+    assert long == {}
+    tcsal = (PACKAGE / "model" / "tcsal.py").read_text()
+    assert len(tcsal.splitlines()) <= 450
+    assert "autograd.Function" not in tcsal

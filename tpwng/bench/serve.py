@@ -105,7 +105,7 @@ def bench_serve(spec: ClipSpec, ks: list[int], seconds: float, workdir: Path,
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
         raise RuntimeError("tpwng bench serve needs ffmpeg to serve its loopback sources "
-                           "(Debian's ffmpeg: tests/install-ffmpeg.sh)")
+                           "(Debian's ffmpeg: tests/install/ffmpeg.sh)")
     video = long_video(workdir / f"serve-{width}x{height}-{int(seconds) + 15}s.mp4",
                        seconds + 15, 25.0, width, height)
     scorer = live_scorer(spec, stride)

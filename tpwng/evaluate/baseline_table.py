@@ -23,11 +23,11 @@ from tpwng.evaluate.metrics import (
 from tpwng.evaluate.plots import spread
 from tpwng.evaluate.scores_file import read_stride
 from tpwng.evaluate.tables import video_results
-from tpwng.evaluate.trained_model import pick_crop
 from tpwng.features.provenance import expected_store_provenance
-from tpwng.features.store import FeatureStore
+from tpwng.features.store import FeatureStore, pick_crop
 from tpwng.files import write_table
 from tpwng.grid import expand_to_frames
+from tpwng.train.loop import TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def baselines_report(settings: dict, manifest: Path, features: Path, scores: Pat
     convention = settings["evaluate"]["frames"]
     threshold = float(settings["evaluate"]["threshold"])
     crop = int(settings["train"]["test_crop"])
-    torch.set_num_threads(int(settings["train"]["threads"]))
+    torch.set_num_threads(TrainSettings.from_settings(settings).threads)  # schema default
     truth = video_results(manifest, scores, convention)
     stride = read_stride(scores)
     train_rows = [r for r in read_manifest(manifest) if r.split == "train"]

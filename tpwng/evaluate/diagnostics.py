@@ -12,9 +12,9 @@ from tpwng.data.datasets import load_interval_file
 from tpwng.data.manifest import read_manifest
 from tpwng.data.sequences import cap_length, pad_batch
 from tpwng.evaluate.plots import plot_pseudo_labels, plot_similarities, plot_training_log
-from tpwng.evaluate.trained_model import load_model, pick_crop
-from tpwng.features.store import FeatureStore
+from tpwng.features.store import FeatureStore, pick_crop
 from tpwng.grid import expand_to_frames, frame_labels, snippet_fractions
+from tpwng.train.checkpoint import load_model
 from tpwng.train.loop import read_log
 
 

@@ -374,3 +374,8 @@ def merge_view(shards: Iterable[str | Path], out: str | Path) -> int:
             for vid, shard in links.items():
                 group[vid] = h5py.ExternalLink(os.path.relpath(shard, out.parent), f"/videos/{vid}")
     return len(links)
+
+
+def pick_crop(feats: np.ndarray, crop: int) -> np.ndarray:
+    """The configured test crop, or the only crop a store has (released test features)."""
+    return feats[:, crop] if feats.shape[1] > crop else feats[:, 0]

@@ -1,7 +1,8 @@
 """The fast paths of TCSAL (`tpwng.model.tcsal`): autograd functions with hand-written backwards.
 
-Each equals an autograd composition of ordinary operations (`tests/test_attention_equivalence.py`
-holds them to it) and is faster or lighter on memory than that composition on the CPU:
+Each equals an autograd composition of ordinary operations
+(`tests/model/test_attention_equivalence.py` holds them to it) and is faster or lighter on
+memory than that composition on the CPU:
 
 * `SpanAttention`: Eq. 9 over whole sequences, per head, forward and backward written out
   (``attention_impl="fused"``);

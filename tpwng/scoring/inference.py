@@ -12,12 +12,12 @@ from tqdm import tqdm
 
 from tpwng.data.manifest import read_manifest
 from tpwng.evaluate.scores_file import write_scores_file
-from tpwng.evaluate.trained_model import pick_crop
-from tpwng.features.store import FeatureStore
+from tpwng.features.store import FeatureStore, pick_crop
 from tpwng.grid import expand_to_frames
 from tpwng.model.class_probs import class_probabilities
 from tpwng.model.tpwng import TPWNG
 from tpwng.scoring.scorer import load_scorer
+from tpwng.train.loop import TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,9 @@ def score_test_set(settings: dict, manifest: Path, features: Path, model_path: P
     """Score every test video of the manifest into the scores file ``out``
     (`tpwng.evaluate.scores_file`), class probabilities from the class text embeddings
     stored in the checkpoint."""
-    device = settings["train"]["device"]
-    torch.set_num_threads(int(settings["train"]["threads"]))
+    train = TrainSettings.from_settings(settings)  # device and threads: schema defaults
+    device = train.device
+    torch.set_num_threads(train.threads)
     scorer = load_scorer(model_path, device, settings=settings, images=False)
     stride = int(settings["extraction"]["stride"])
     crop = int(settings["train"]["test_crop"])

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tpwng.evaluate.trained_model import pick_crop
+from tpwng.features.store import pick_crop
 from tpwng.features.video import VideoInfo
 from tpwng.files import WriteError, is_write_error
 from tpwng.grid import expand_to_frames, sample_indices

@@ -25,7 +25,7 @@ from tpwng.data.datasets import VIDEO_EXTENSIONS
 from tpwng.errors import CheckpointError
 from tpwng.evaluate.metrics import score_segments
 from tpwng.evaluate.plots import SCORE_COLOR, figure, shade
-from tpwng.evaluate.trained_model import pick_crop
+from tpwng.features.store import pick_crop
 from tpwng.features.video import VideoError, VideoInfo, probe_video, read_frames
 from tpwng.files import WriteError, atomic_path, write_json
 from tpwng.grid import expand_to_frames, frame_labels, sample_indices, snippets_of

@@ -11,12 +11,16 @@ import torch
 
 from tpwng.device import resolve_device
 from tpwng.errors import CheckpointError
-from tpwng.evaluate.trained_model import build_model
 from tpwng.features.clip_backbone import ClipSpec, load_clip
 from tpwng.features.extract import ExtractionSettings, ImageEncoder
 from tpwng.features.provenance import recorded_settings
 from tpwng.model.tpwng import TPWNG
-from tpwng.train.checkpoint import check_against_settings, load_checkpoint, stored_text_embeddings
+from tpwng.train.checkpoint import (
+    build_model,
+    check_against_settings,
+    load_checkpoint,
+    stored_text_embeddings,
+)
 
 log = logging.getLogger(__name__)
 

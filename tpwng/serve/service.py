@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tpwng.evaluate.trained_model import pick_crop
+from tpwng.features.store import pick_crop
 from tpwng.features.video import VideoInfo
 from tpwng.grid import expand_to_frames
 from tpwng.scoring.inference import snippet_class_probs

@@ -14,8 +14,10 @@ from pathlib import Path
 import torch
 
 from tpwng.errors import CheckpointError
+from tpwng.features.clip_backbone import ClipSpec, load_clip
 from tpwng.features.provenance import expected_store_provenance
 from tpwng.files import write_bytes
+from tpwng.model.tpwng import TPWNG, ModelConfig
 
 FORMAT = "tpwng-checkpoint/1"
 
@@ -114,3 +116,26 @@ def load_into(model: torch.nn.Module, ckpt: dict, path: str | Path) -> None:
     except (KeyError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: weights do not fit the model built from this config "
                               f"({exc})") from exc
+
+
+def build_model(ckpt: dict, ckpt_path: Path, clip_model: torch.nn.Module,
+                device: torch.device | str = "cpu") -> TPWNG:
+    """TPWNG of a loaded checkpoint on the loaded CLIP model it was trained with, in eval
+    mode on ``device``."""
+    meta = ckpt["meta"]
+    model = TPWNG(clip_model, meta["classes"], ModelConfig.from_dict(meta["model_config"]),
+                  dim=int(meta["dim"]))
+    load_into(model, ckpt, ckpt_path)
+    return model.to(device).eval()
+
+
+def load_model(ckpt_path: Path, settings: dict | None = None,
+               device: torch.device | str = "cpu") -> tuple[TPWNG, dict]:
+    """Rebuild TPWNG from a checkpoint (the frozen CLIP parts come from its recorded weights)."""
+    ckpt = load_checkpoint(ckpt_path)
+    meta = ckpt["meta"]
+    if settings is not None:
+        check_against_settings(ckpt, settings, ckpt_path)
+    clip_cfg = settings["clip"] if settings is not None else meta["clip"]
+    clip_model, _ = load_clip(ClipSpec.from_config(clip_cfg))
+    return build_model(ckpt, ckpt_path, clip_model, device), meta

@@ -1,0 +1,1 @@
+"""Tests: benchmarks (tpwng/bench)."""

@@ -1,0 +1,1 @@
+"""Tests: datasets, manifests, synthetic data (tpwng/data)."""

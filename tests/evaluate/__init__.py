@@ -1,0 +1,1 @@
+"""Tests: metrics, tables, reproduction (tpwng/evaluate)."""

@@ -1,0 +1,1 @@
+"""Tests: decoding, CLIP extraction, feature stores (tpwng/features)."""

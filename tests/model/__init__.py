@@ -1,0 +1,1 @@
+"""Tests: TPWNG itself (tpwng/model)."""

@@ -1,0 +1,1 @@
+"""Tests: scoring new inputs: score, live, viewer (tpwng/scoring)."""

@@ -1,0 +1,1 @@
+"""Tests: many cameras (tpwng/serve)."""
