@@ -28,9 +28,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +40,7 @@ from tpwng.features.video import VideoInfo
 from tpwng.files import WriteError, is_write_error
 from tpwng.grid import expand_to_frames, sample_indices
 from tpwng.redact import redact_text
-from tpwng.scoring.inference import snippet_class_probs
+from tpwng.scoring.alerts import AlertTracker, snippet_class, utc_now
 from tpwng.scoring.live_source import (
     Frame,
     Interrupted,
@@ -63,34 +62,6 @@ from tpwng.scoring.score_video import (
 from tpwng.scoring.scorer import Scorer
 
 # --------------------------------------------------------------------------- scoring
-
-
-def alert_start(snip: dict, threshold: float) -> dict:
-    """The record that opens an alert at a scored snippet's line ``snip``."""
-    return {"event": "alert_start", "snippet": snip["snippet"], "time_s": snip["time_s"],
-            "score": snip["score"], "threshold": threshold}
-
-
-def alert_end(start: dict, end_snippet: int, end_s: float, scores: Sequence[float],
-              probs: Sequence[np.ndarray], classes: Sequence[str], ended_by: str) -> dict:
-    """The record that closes the alert ``start`` (``end_snippet``: the first snippet after
-    it): its duration, highest score and, with class probabilities, the most likely anomaly
-    class over its snippets. Unscored (NaN) snippets are passed over."""
-    run = slice(start["snippet"], end_snippet)
-    record = {"event": "alert_end", "snippet": end_snippet, "time_s": end_s,
-              "start_snippet": start["snippet"], "start_time_s": start["time_s"],
-              "duration_s": end_s - start["time_s"],
-              "max_score": float(np.nanmax(scores[run])), "threshold": start["threshold"],
-              "ended_by": ended_by}
-    if probs:
-        within = np.nanmean(np.stack(probs[run]), axis=0)[1:]
-        best = int(np.argmax(within))
-        record |= {"class": classes[best + 1], "class_probability": float(within[best])}
-    return record
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def scoring_threads(threads: int | None = None) -> int:
@@ -214,7 +185,7 @@ class _Session:
         self.last_arrival = 0.0
         self.scores: list[float] = []
         self.probs: list[np.ndarray] = []
-        self.alert: dict | None = None  # the open alert interval
+        self.alerts = AlertTracker(live.alert_threshold)
 
     def line(self, record: dict) -> None:
         text = self.redact(json.dumps(record))
@@ -257,10 +228,9 @@ class _Session:
                   "time_s": (self.frames - self.count) / self.fps,
                   "start_frame": self.frames - self.count, "frames": self.count,
                   "score": score}
-        if s.text is not None:
-            probs = snippet_class_probs(feats, np.array([score]), s.text, s.logit_scale)[0]
-            best = 1 + int(np.argmax(probs[1:]))
-            record |= {"class": s.classes[best], "class_probability": float(probs[best])}
+        fields, probs = snippet_class(s, feats, score)
+        record |= fields
+        if probs is not None:
             self.probs.append(probs)
         record |= {"latency_s": time.monotonic() - self.last_arrival, "wall_time": utc_now()}
         self.scores.append(score)
@@ -270,30 +240,17 @@ class _Session:
         self.check_alert(record)
 
     def check_alert(self, snip: dict) -> None:
-        x = self.live.alert_threshold
-        if x is None:
-            return
-        if self.alert is None and snip["score"] >= x:
-            self.alert = alert_start(snip, x) | {"wall_time": snip["wall_time"]}
-            self.line(self.alert)
-        elif self.alert is not None and snip["score"] < x:
-            self.close_alert(snip["snippet"], snip["time_s"])
-
-    def close_alert(self, end_snippet: int, end_s: float, ended_by: str = "score") -> None:
-        """The open alert's end: ``end_snippet`` is the first snippet after it."""
-        start = self.alert
-        if start is None:
-            return
-        record = alert_end(start, end_snippet, end_s, self.scores, self.probs,
-                           self.scorer.classes, ended_by)
-        self.line(record | {"wall_time": utc_now()})
-        self.alert = None
+        record = self.alerts.check(snip, self.scores, self.probs, self.scorer.classes)
+        if record is not None:
+            self.line(record)
 
     def finish(self, ended_by: str) -> None:
         """Score the partial last snippet, close an open alert, say how it ended."""
         self.score_open_snippet()
-        if self.alert is not None:
-            self.close_alert(len(self.scores), self.frames / self.fps, ended_by)
+        if self.alerts.open is not None:
+            end = self.alerts.close(len(self.scores), self.frames / self.fps, self.scores,
+                                    self.probs, self.scorer.classes, ended_by)
+            self.line(end)
         self.line({"event": "end", "ended_by": ended_by, "frames": self.frames,
                    "snippets": len(self.scores), "wall_time": utc_now()})
 

@@ -35,8 +35,8 @@ import torch
 from tpwng.features.store import pick_crop
 from tpwng.features.video import VideoInfo
 from tpwng.grid import expand_to_frames
-from tpwng.scoring.inference import snippet_class_probs
-from tpwng.scoring.live import JsonLines, alert_end, alert_start, scoring_threads, utc_now
+from tpwng.scoring.alerts import AlertTracker, snippet_class, utc_now
+from tpwng.scoring.live import JsonLines, scoring_threads
 from tpwng.scoring.live_source import display_source
 from tpwng.scoring.score_video import (
     ScoreOptions,
@@ -124,7 +124,8 @@ class SourceState:
         self.frames = 0  # frames covered by the snippets taken (scored or dropped)
         self.scores: list[float] = []  # NaN: dropped
         self.probs: list[np.ndarray] = []
-        self.alert: dict | None = None
+        self.alerts = AlertTracker(spec.alert_threshold, {"source": spec.name},
+                                   ("class", "class_probability"))
         self.ended: str | None = None
         self.scored = 0
         self.latency = Latency(collections.deque(maxlen=LATENCY_WINDOW))
@@ -182,10 +183,9 @@ class SourceState:
         s = self.service.scorer
         value = float(self.stream.push(feats)[0])
         record = self._record(snip) | {"score": value}
-        if s.text is not None:
-            probs = snippet_class_probs(feats, np.array([value]), s.text, s.logit_scale)[0]
-            best = 1 + int(np.argmax(probs[1:]))
-            record |= {"class": s.classes[best], "class_probability": float(probs[best])}
+        fields, probs = snippet_class(s, feats, value)
+        record |= fields
+        if probs is not None:
             self.probs.append(probs)
         latency = time.monotonic() - snip.arrived
         record |= {"latency_s": latency, "wall_time": utc_now()}
@@ -206,35 +206,19 @@ class SourceState:
     # ------------------------------------------------------------------ alerts
 
     def check_alert(self, snip: dict) -> None:
-        x = self.spec.alert_threshold
-        if x is None:
-            return
-        if self.alert is None and snip["score"] >= x:
-            self.alert = {"source": self.spec.name} | alert_start(snip, x)
-            self.alert |= {k: snip[k] for k in ("class", "class_probability") if k in snip}
-            self.alert["wall_time"] = snip["wall_time"]
-            self.line(self.alert)
-            self.service.alert(self.alert)
-        elif self.alert is not None and snip["score"] < x:
-            self.close_alert(snip["snippet"], snip["time_s"])
-
-    def close_alert(self, end_snippet: int, end_s: float, ended_by: str = "score") -> None:
-        start = self.alert
-        if start is None:
-            return
-        record = {"source": self.spec.name} | alert_end(
-            start, end_snippet, end_s, self.scores, self.probs, self.service.scorer.classes,
-            ended_by)
-        record["wall_time"] = utc_now()
-        self.line(record)
-        self.service.alert(record)
-        self.alert = None
+        record = self.alerts.check(snip, self.scores, self.probs, self.service.scorer.classes)
+        if record is not None:
+            self.line(record)
+            self.service.alert(record)
 
     def finish(self, how: str) -> None:
         how = self.service.stop_reason if how == "stopped" else how
         self.ended = how
-        if self.alert is not None:
-            self.close_alert(len(self.scores), self.frames / self.fps, how)
+        if self.alerts.open is not None:
+            end = self.alerts.close(len(self.scores), self.frames / self.fps, self.scores,
+                                    self.probs, self.service.scorer.classes, how)
+            self.line(end)
+            self.service.alert(end)
         self.line({"event": "end", "ended_by": how, "frames": self.frames,
                    "snippets": len(self.scores), "dropped": self.counters.dropped_snippets,
                    "wall_time": utc_now()})
@@ -437,7 +421,7 @@ class Service:
                "frames_dropped": c.dropped_frames, "reconnects": c.reconnects,
                "latency_p50_s": _finite(s.latency.quantile(0.5)),
                "latency_p95_s": _finite(s.latency.quantile(0.95)),
-               "alert_threshold": s.spec.alert_threshold, "alert_open": s.alert is not None,
+               "alert_threshold": s.spec.alert_threshold, "alert_open": s.alerts.open is not None,
                "last_error": self.config.redact(c.last_error)}
         if recent:
             out["recent"] = list(s.recent)

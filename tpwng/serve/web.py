@@ -74,7 +74,7 @@ def render_metrics(service: Service) -> str:
     family("tpwng_source_reconnects_total", "counter", "times the source was reopened",
            per_source(lambda s: s.counters.reconnects))
     family("tpwng_source_alert_open", "gauge", "1 while the source's score is above its "
-           "alert threshold", per_source(lambda s: int(s.alert is not None)))
+           "alert threshold", per_source(lambda s: int(s.alerts.open is not None)))
     lines.append("# HELP tpwng_source_latency_seconds seconds from a snippet's last frame "
                  f"decoded to its score (quantiles of the latest {LATENCY_WINDOW})")
     lines.append("# TYPE tpwng_source_latency_seconds summary")
