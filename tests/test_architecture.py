@@ -42,6 +42,17 @@ def private_uses(module: str, tree: ast.Module) -> list[str]:
     return found
 
 
+def imported_modules(tree: ast.Module) -> list[str]:
+    """Every module a tree imports by absolute name, at any depth (deferred imports too)."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append(node.module)
+        elif isinstance(node, ast.Import):
+            found += [a.name for a in node.names]
+    return found
+
+
 def test_no_module_uses_another_modules_private_names():
     found = [use for name, tree in _modules().items() for use in private_uses(name, tree)]
     assert found == []
@@ -57,19 +68,9 @@ def test_the_check_finds_private_uses():
 def test_the_model_core_imports_nothing_of_the_pipeline():
     """tpwng.model is the paper: it may import torch and itself, never data, features,
     training, evaluation or the command line."""
-    found = []
-    for name, tree in _modules().items():
-        if not name.startswith("tpwng.model"):
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                targets = [node.module]
-            elif isinstance(node, ast.Import):
-                targets = [a.name for a in node.names]
-            else:
-                continue
-            found += [f"{name} imports {t}" for t in targets
-                      if t.startswith("tpwng") and not t.startswith("tpwng.model")]
+    found = [f"{name} imports {t}" for name, tree in _modules().items()
+             if name.startswith("tpwng.model") for t in imported_modules(tree)
+             if t.startswith("tpwng") and not t.startswith("tpwng.model")]
     assert found == []
 
 
@@ -127,17 +128,8 @@ def layer_of(module: str) -> int:
 def upward_imports(module: str, tree: ast.Module) -> list[str]:
     """Imports of `module` (at any depth, deferred ones too) that reach a higher layer."""
     own = layer_of(module)
-    found = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            targets = [node.module]
-        elif isinstance(node, ast.Import):
-            targets = [a.name for a in node.names]
-        else:
-            continue
-        found += [f"{module} imports {t}" for t in targets
-                  if t.split(".")[0] == "tpwng" and layer_of(t) > own]
-    return found
+    return [f"{module} imports {t}" for t in imported_modules(tree)
+            if t.split(".")[0] == "tpwng" and layer_of(t) > own]
 
 
 def test_no_import_runs_up_the_layers():
