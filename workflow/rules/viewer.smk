@@ -1,4 +1,4 @@
-# The test-set viewer: one self-contained page per dataset (tpwng/evaluate/viewer.py).
+# The test-set viewer: one self-contained page per dataset (tpwng/scoring/viewer.py).
 
 
 rule viewer:
