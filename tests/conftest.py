@@ -40,3 +40,15 @@ def tiny_local_run(tmp_path_factory) -> Path:
     out = snakemake("--cores", str(LOCAL_CORES), cwd=d, config=tiny_config(d), timeout=1200)
     assert out.returncode == 0, out.stderr[-3000:]
     return d
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`):
+    snippet-sized work runs faster on one thread of a shared two-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -23,9 +23,7 @@ from tpwng.evaluate.finegrained import frame_class_probabilities, video_classifi
 from tpwng.evaluate.scores_file import read_class_probs, read_scores
 from tpwng.evaluate.tables import class_ground_truth, evaluate, video_results
 from tpwng.features.store import FeatureStore, StoreError, StoreWriter
-from tpwng.scoring.inference import score_test_set
 from tpwng.train.checkpoint import load_model
-from tpwng.train.loop import train
 
 CLASSES = ["normal", "fighting", "riot"]
 IOUS = ("0.1", "0.2", "0.3", "0.4", "0.5")
@@ -62,17 +60,6 @@ def _toy_settings(frames: str = "video") -> dict:
     s = _settings(epochs=2) | {"classes": CLASSES}
     s["evaluate"] = s["evaluate"] | {"frames": frames}
     return s
-
-
-@pytest.fixture(scope="module")
-def scored(tmp_path_factory) -> tuple[dict, Path]:
-    """A toy store, a model trained on it, and its test scores."""
-    d = tmp_path_factory.mktemp("class-outputs")
-    manifest, feats = _toy_dataset(d)
-    s = _toy_settings()
-    train(s, manifest, feats, d / "model.pt", d / "log.tsv")
-    score_test_set(s, manifest, feats, d / "model.pt", d / "scores.h5")
-    return s, d
 
 
 def test_scores_carry_class_probabilities_of_the_text_tower(scored):

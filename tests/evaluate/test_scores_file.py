@@ -11,7 +11,6 @@ from pathlib import Path
 import h5py
 import pytest
 
-from tests.evaluate.test_class_outputs import _toy_dataset, _toy_settings
 from tpwng.cli import main as tpwng_main
 from tpwng.evaluate import ResultsError
 from tpwng.evaluate.scores_file import MODEL_RECORD, model_record, read_model_record
@@ -19,21 +18,8 @@ from tpwng.evaluate.tables import evaluate
 from tpwng.features.store import StoreError, h5_create
 from tpwng.files import atomic_path
 from tpwng.scoring import scorer as scorer_module
-from tpwng.scoring.inference import score_test_set
 from tpwng.scoring.scorer import load_scorer
 from tpwng.train.checkpoint import load_checkpoint
-from tpwng.train.loop import train
-
-
-@pytest.fixture(scope="module")
-def scored(tmp_path_factory) -> tuple[dict, Path]:
-    """A toy store, a model trained on it, and its test scores."""
-    d = tmp_path_factory.mktemp("scores-file")
-    manifest, feats = _toy_dataset(d)
-    s = _toy_settings()
-    train(s, manifest, feats, d / "model.pt", d / "log.tsv")
-    score_test_set(s, manifest, feats, d / "model.pt", d / "scores.h5")
-    return s, d
 
 
 def _rewritten(src: Path, dst: Path, drop: tuple[str, ...] = (), **attrs) -> Path:
@@ -146,3 +132,33 @@ def test_load_scorer_reads_the_checkpoint_once_and_clip_once(scored, monkeypatch
     assert (scorer.encoder is not None) == images
     if images:  # the encoder is the image tower of the one CLIP model loaded
         assert scorer.extraction.stride == int(s["extraction"]["stride"])
+
+
+def _with_groups(src: Path, dst: Path, skip: str = "", broken: str = "") -> Path:
+    """A copy of `src` without the group `skip`, and with the first array of group `broken`
+    replaced by a 1-D one (the wrong shape for class probabilities)."""
+    with h5py.File(src, "r") as old, atomic_path(dst) as tmp, h5_create(tmp) as new:
+        for key, value in old.attrs.items():
+            new.attrs[key] = value
+        for group in old:
+            if group == skip:
+                continue
+            old.copy(old[group], new, group)
+            if group == broken:
+                first = sorted(new[group])[0]
+                del new[group][first]
+                new[group][first] = [0.5, 0.5]
+    return dst
+
+
+def test_the_viewer_reads_class_probabilities_only_where_they_are_whole(scored, tmp_path):
+    from tpwng.evaluate.scores_file import read_class_probabilities
+
+    _, d = scored
+    full = read_class_probabilities(d / "scores.h5")
+    assert full and all(p.ndim == 2 for _, p in full.values())
+    older = _with_groups(d / "scores.h5", tmp_path / "older.h5", skip="class_probs")
+    assert read_class_probabilities(older) == {}  # scored before they were written
+    damaged = _with_groups(d / "scores.h5", tmp_path / "damaged.h5", broken="class_probs")
+    with pytest.raises(StoreError, match="class_probs"):
+        read_class_probabilities(damaged)

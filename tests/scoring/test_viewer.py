@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from tests.helpers.dag import job_counts, snakemake, tiny_config
 from tests.scoring.test_score_video import _train
@@ -46,12 +45,7 @@ TEST_STRIDE = 16
 # --------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _mpeg4_avi(path: Path, frames: int = 60, fps: int = 25) -> Path:

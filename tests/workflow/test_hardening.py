@@ -25,7 +25,6 @@ from urllib.parse import quote, unquote
 import h5py
 import numpy as np
 import pytest
-import torch
 
 from tests.helpers import faults
 from tests.scoring.test_score_video import _train
@@ -55,12 +54,7 @@ HOSTILE = ["javascript:alert(document.domain);x.mp4", "javascript:window.__pwned
 SECRETS = ("Pa#ss99", "ss99", "TOKEN123", "SECRET1", "SECRET2")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -198,9 +198,9 @@ def read_header(path: Path) -> dict[str, str]:
 
 def read_class_probabilities(scores: Path) -> dict[str, tuple[list[str], np.ndarray]]:
     """Per-video snippet class probabilities ``[snippets, k]`` with the class names; empty when
-    the file has none (scored by an older version)."""
-    try:
-        classes, probs = read_class_probs(scores)
-    except StoreError:
-        return {}
+    the file has none (scored by an older version). A damaged array is a `StoreError`."""
+    with _scores_file(scores) as f:
+        if "class_probs" not in f or "classes" not in f.attrs:
+            return {}
+    classes, probs = read_class_probs(scores)
     return {v: (classes, p) for v, p in probs.items()}

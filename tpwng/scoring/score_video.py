@@ -32,7 +32,7 @@ from tpwng.grid import expand_to_frames, frame_labels, sample_indices, snippets_
 from tpwng.model.tcsal import TCSAL, TCSALStream
 from tpwng.model.tpwng import TPWNG
 from tpwng.scoring.inference import score_features, snippet_class_probs
-from tpwng.scoring.scorer import Scorer, load_scorer
+from tpwng.scoring.scorer import SCORE_BATCH, Scorer, load_scorer
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class ScoreOptions:
     min_length: float = 0.0  # seconds; shorter runs above the threshold are not reported
     stream: bool = False
     device: str = "auto"
-    batch_size: int = 64  # images per encoder batch
+    batch_size: int = SCORE_BATCH  # images per encoder batch
     html: bool = False  # also a page per video (and index.html for a folder): tpwng.scoring.viewer
 
     @property

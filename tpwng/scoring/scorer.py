@@ -24,6 +24,8 @@ from tpwng.train.checkpoint import (
 
 log = logging.getLogger(__name__)
 
+SCORE_BATCH = 64  # images per encoder batch when scoring videos (`tpwng score`, live)
+
 
 @dataclass
 class Scorer:
@@ -64,7 +66,7 @@ def class_text(ckpt: dict, model: TPWNG, path: Path, text_tower: bool
         return None, 100.0
 
 
-def load_scorer(model_path: Path, device: str = "auto", batch_size: int = 64,
+def load_scorer(model_path: Path, device: str = "auto", batch_size: int = SCORE_BATCH,
                 settings: dict | None = None, images: bool = True) -> Scorer:
     """The checkpoint's model, read once, on the CLIP model its training features were made
     with, loaded once.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,11 @@ class ServeConfig:
 
     def redact(self, text: str) -> str:
         return redact_text(text, *self.secrets())
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    """The field defaults of a spec class: the one place each of the file's defaults is set."""
+    return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
 
 
 TOP = {"sources", "receivers", "alert_threshold", "threshold", "min_length", "max_pending",
@@ -180,7 +185,8 @@ def load_serve_config(path: str | Path) -> ServeConfig:
     raw = top["sources"]
     if not isinstance(raw, list) or not raw:
         raise c.fail("sources", "expected a non-empty list of sources")
-    default_timeout = float(c.number(top.get("timeout", 10.0), "timeout", 0, open_low=True))
+    default_timeout = float(c.number(top.get("timeout", _defaults(SourceSpec)["timeout"]),
+                                     "timeout", 0, open_low=True))
     default_alert = top.get("alert_threshold")
     if default_alert is not None:
         default_alert = float(c.number(default_alert, "alert_threshold", 0, 1))
@@ -203,18 +209,19 @@ def load_serve_config(path: str | Path) -> ServeConfig:
         raise c.fail("receivers", "two receivers have the same name")
     http = c.mapping(top.get("http") or {}, "http", HTTP_KEYS)
     threads = top.get("threads")
+    top = _defaults(ServeConfig) | top
+    http = {k: v for k, v in _defaults(ServeConfig).items() if k in HTTP_KEYS} | http
     return ServeConfig(
         path=path, sources=sources, receivers=receivers,
-        threshold=float(c.number(top.get("threshold", 0.5), "threshold", 0, 1)),
-        min_length=float(c.number(top.get("min_length", 0.0), "min_length", 0)),
-        max_pending=int(c.number(top.get("max_pending", 3), "max_pending", 1, integer=True)),
-        max_batch=int(c.number(top.get("max_batch", 64), "max_batch", 1, integer=True)),
-        backoff_max=float(c.number(top.get("backoff_max", 30.0), "backoff_max", 0,
-                                   open_low=True)),
+        threshold=float(c.number(top["threshold"], "threshold", 0, 1)),
+        min_length=float(c.number(top["min_length"], "min_length", 0)),
+        max_pending=int(c.number(top["max_pending"], "max_pending", 1, integer=True)),
+        max_batch=int(c.number(top["max_batch"], "max_batch", 1, integer=True)),
+        backoff_max=float(c.number(top["backoff_max"], "backoff_max", 0, open_low=True)),
         threads=None if threads is None else int(c.number(threads, "threads", 1, integer=True)),
-        bind=c.text(http.get("bind", "127.0.0.1"), "http.bind"),
-        port=int(c.number(http.get("port", 8080), "http.port", 0, 65535, integer=True)),
-        recent=int(c.number(top.get("recent", 300), "recent", 1, 100000, integer=True)))
+        bind=c.text(http["bind"], "http.bind"),
+        port=int(c.number(http["port"], "http.port", 0, 65535, integer=True)),
+        recent=int(c.number(top["recent"], "recent", 1, 100000, integer=True)))
 
 
 def _urls_in(data: Any) -> list[str]:
@@ -269,7 +276,7 @@ def _source(c: _Checker, item: Any, where: str, base: Path, alert: float | None,
         raw = m["loop"]
         loop = (None if raw is True else 1 if raw is False else
                 int(c.number(raw, f"{where}.loop", 1, integer=True)))
-    realtime = m.get("realtime", True)
+    realtime = m.get("realtime", _defaults(SourceSpec)["realtime"])
     if not isinstance(realtime, bool):
         raise c.fail(f"{where}.realtime", f"expected true or false, got {realtime!r}")
     if "realtime" in m and kind != "file":
@@ -295,9 +302,10 @@ def _receiver(c: _Checker, item: Any, where: str, index: int) -> ReceiverSpec:
     if not isinstance(name, str) or not NAME.fullmatch(name):
         raise c.fail(f"{where}.name", f"{name!r} is not a receiver name: 1-64 letters, digits, "
                                       "'_' or '-'")
+    m = _defaults(ReceiverSpec) | m
     return ReceiverSpec(
         name=name, url=url,
-        timeout=float(c.number(m.get("timeout", 2.0), f"{where}.timeout", 0, open_low=True)),
-        retries=int(c.number(m.get("retries", 3), f"{where}.retries", 0, 100, integer=True)),
-        backoff=float(c.number(m.get("backoff", 0.5), f"{where}.backoff", 0)),
-        queue=int(c.number(m.get("queue", 256), f"{where}.queue", 1, integer=True)))
+        timeout=float(c.number(m["timeout"], f"{where}.timeout", 0, open_low=True)),
+        retries=int(c.number(m["retries"], f"{where}.retries", 0, 100, integer=True)),
+        backoff=float(c.number(m["backoff"], f"{where}.backoff", 0)),
+        queue=int(c.number(m["queue"], f"{where}.queue", 1, integer=True)))
