@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.evaluate.test_class_outputs import _toy_settings, scored  # noqa: F401 - the fixture
+from tests.evaluate.test_class_outputs import _toy_settings
 from tests.helpers.dag import snakemake, tiny_config
 from tpwng.cli import main as tpwng_main
 from tpwng.data.manifest import (
